@@ -1,0 +1,3 @@
+"""Curaway async pipelines + webhooks."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,18 @@
+"""External seams (email, exchange rates, LLM, storage): small protocols, a real client and a shipped fake each.
+
+Integrations never import SQLAlchemy or the models (enforced by import-linter). The composition root builds one
+``Integrations`` from settings; tests pass fakes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Integrations:
+    email: Any = None
+    rates: Any = None
+    llm: Any = None
+    storage: Any = None

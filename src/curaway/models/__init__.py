@@ -1,0 +1,53 @@
+"""SQLAlchemy models. Importing this package registers every table on ``Base.metadata``."""
+
+from curaway.models.base import Base, new_id, utcnow
+from curaway.models.domain import (
+    AUTO_GRANTOR,
+    CASE_STATUSES,
+    DOCUMENT_STATUSES,
+    FHIR_STATUSES,
+    Case,
+    Consent,
+    Document,
+    EmailOutbox,
+    Event,
+    ExchangeRate,
+    FhirResource,
+    Notification,
+    OcrJob,
+    Tenant,
+    TenantOrgMapping,
+    Upload,
+    User,
+    UserRole,
+)
+from curaway.models.runtime import DeadLetter, QueuedTask, RunLedger, ScheduleState, WebhookInbox
+
+__all__ = [
+    "AUTO_GRANTOR",
+    "CASE_STATUSES",
+    "DOCUMENT_STATUSES",
+    "FHIR_STATUSES",
+    "Base",
+    "Case",
+    "Consent",
+    "DeadLetter",
+    "Document",
+    "EmailOutbox",
+    "Event",
+    "ExchangeRate",
+    "FhirResource",
+    "Notification",
+    "OcrJob",
+    "QueuedTask",
+    "RunLedger",
+    "ScheduleState",
+    "Tenant",
+    "TenantOrgMapping",
+    "Upload",
+    "User",
+    "UserRole",
+    "WebhookInbox",
+    "new_id",
+    "utcnow",
+]
