@@ -149,6 +149,9 @@ class Document(TimestampsMixin, Base):
     error_class: Mapped[str | None] = mapped_column(String(100))
     fhir_error_class: Mapped[str | None] = mapped_column(String(100))
     fhir_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # A FHIR sweep claims a document (owner + lease) before its LLM call so concurrent sweeps skip it.
+    fhir_lease_owner: Mapped[str | None] = mapped_column(String(64))
+    fhir_lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class OcrJob(TimestampsMixin, Base):

@@ -460,6 +460,8 @@ def upgrade() -> None:
         sa.Column("error_class", sa.String(length=100), nullable=True),
         sa.Column("fhir_error_class", sa.String(length=100), nullable=True),
         sa.Column("fhir_attempts", sa.Integer(), server_default=sa.text("0"), nullable=False),
+        sa.Column("fhir_lease_owner", sa.String(length=64), nullable=True),
+        sa.Column("fhir_lease_expires_at", curaway.models.base.UTCDateTime(timezone=True), nullable=True),
         sa.Column(
             "updated_at",
             curaway.models.base.UTCDateTime(timezone=True),
