@@ -92,6 +92,11 @@ def transaction(factory: SessionFactory) -> Iterator[Session]:
         session.close()
 
 
+def rowcount(result: Any) -> int:
+    """Rows matched by an UPDATE/DELETE (``Session.execute`` is typed as a plain ``Result``)."""
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def ping(engine: Engine) -> None:
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))

@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     anthropic_model: str = Field(
         "claude-sonnet-4-5", validation_alias=_alias("CURAWAY_ANTHROPIC_MODEL", "anthropic_model")
     )
+    llm_timeout_s: float = Field(60.0, gt=0, validation_alias=_alias("CURAWAY_LLM_TIMEOUT_S", "llm_timeout_s"))
+    llm_max_retries: int = Field(2, ge=0, le=10, validation_alias=_alias("CURAWAY_LLM_MAX_RETRIES", "llm_max_retries"))
+    # Off by default: LLM spans never carry document text, prompts or outputs unless this is set explicitly.
+    llm_trace_content: bool = Field(False, validation_alias=_alias("CURAWAY_LLM_TRACE_CONTENT", "llm_trace_content"))
 
     langfuse_public_key: str = Field("", validation_alias=_alias("LANGFUSE_PUBLIC_KEY", "langfuse_public_key"))
     langfuse_secret_key: str = Field("", validation_alias=_alias("LANGFUSE_SECRET_KEY", "langfuse_secret_key"))
@@ -114,6 +118,19 @@ class Settings(BaseSettings):
     )
     upload_max_bytes: int = Field(
         20 * 1_048_576, validation_alias=_alias("CURAWAY_UPLOAD_MAX_BYTES", "upload_max_bytes")
+    )
+
+    # Local dispatcher tuning (defaults suit production; tests shrink them).
+    dispatch_concurrency: int = Field(
+        4, ge=1, le=64, validation_alias=_alias("CURAWAY_DISPATCH_CONCURRENCY", "dispatch_concurrency")
+    )
+    dispatch_poll_s: float = Field(
+        0.5, gt=0, le=60, validation_alias=_alias("CURAWAY_DISPATCH_POLL_S", "dispatch_poll_s")
+    )
+    dispatch_lease_s: float = Field(30.0, gt=0, validation_alias=_alias("CURAWAY_DISPATCH_LEASE_S", "dispatch_lease_s"))
+    run_lease_s: float = Field(60.0, gt=0, validation_alias=_alias("CURAWAY_RUN_LEASE_S", "run_lease_s"))
+    retry_backoff_scale: float = Field(
+        1.0, ge=0, le=10, validation_alias=_alias("CURAWAY_RETRY_BACKOFF_SCALE", "retry_backoff_scale")
     )
 
     @model_validator(mode="after")

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from curaway import __version__
 from curaway.api.errors import install_error_handlers
 from curaway.api.health import router as health_router
+from curaway.api.internal import router as internal_router
 from curaway.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from curaway.api.services import Services
 from curaway.settings import Settings
@@ -54,6 +55,7 @@ def create_app(
     app.state.services = services
     install_error_handlers(app)
     app.include_router(health_router)
+    app.include_router(internal_router)
     app.add_middleware(
         BodyLimitMiddleware,
         default_bytes=settings.max_body_bytes,

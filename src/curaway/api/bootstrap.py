@@ -1,7 +1,10 @@
-"""Composition root used by the CLI: build services and the app from settings."""
+"""Composition root used by the CLI: build services, the app and the local dispatcher from settings."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
 from datetime import timedelta
 from typing import Any
 
@@ -11,6 +14,9 @@ from curaway.api.app import create_app
 from curaway.api.services import Services
 from curaway.clock import SystemClock
 from curaway.db import create_db_engine, create_session_factory, transaction, upgrade
+from curaway.dispatch.local import DispatcherConfig, HttpxDeliverer, LocalDispatcher
+from curaway.dispatch.runner import RunnerConfig
+from curaway.dispatch.schedule_sync import apply_local, plan_local
 from curaway.logging import get_logger
 from curaway.repositories.demo import DemoSummary, load_demo
 from curaway.schedules import SCHEDULES, next_slots
@@ -26,13 +32,151 @@ def prepare(settings: Settings, *, migrate: bool = True) -> None:
         log.info("db.migrated")
 
 
+def build_services(settings: Settings, **overrides: Any) -> Services:
+    overrides.setdefault("runner_config", RunnerConfig(lease_s=settings.run_lease_s))
+    return Services.build(settings, **overrides)
+
+
+def dispatcher_config(settings: Settings, *, cron: bool = True, concurrency: int | None = None) -> DispatcherConfig:
+    return DispatcherConfig(
+        concurrency=concurrency or settings.dispatch_concurrency,
+        poll_interval_s=settings.dispatch_poll_s,
+        lease_s=settings.dispatch_lease_s,
+        backoff_scale=settings.retry_backoff_scale,
+        cron=cron,
+    )
+
+
+def sync_local_schedules(services: Services) -> int:
+    with transaction(services.session_factory) as session:
+        changes = plan_local(session)
+        applied = apply_local(session, changes, clock=services.clock)
+    if applied:
+        log.info("schedules.synced", backend="local", count=applied)
+    return applied
+
+
+def build_dispatcher(
+    app: FastAPI, services: Services, *, cron: bool = True, concurrency: int | None = None
+) -> LocalDispatcher:
+    return LocalDispatcher(
+        session_factory=services.session_factory,
+        clock=services.clock,
+        deliverer=HttpxDeliverer.in_process(app, services.settings),
+        enqueuer=services.local_enqueuer,
+        config=dispatcher_config(services.settings, cron=cron, concurrency=concurrency),
+    )
+
+
 def build_app(settings: Settings, *, dispatcher: bool = True, **overrides: Any) -> FastAPI:
-    services = Services.build(settings, **overrides)
-    return create_app(settings, services=services)
+    """The served app. With ``dispatcher`` (local backend only) the embedded dispatcher runs in its lifespan."""
+    services = build_services(settings, **overrides)
+    embedded = dispatcher and settings.dispatch_backend == "local"
+    state: dict[str, Any] = {}
+
+    async def start(app: FastAPI) -> None:
+        if not embedded:
+            return
+        await asyncio.to_thread(sync_local_schedules, services)
+        runner = build_dispatcher(app, services)
+        state["stop"] = asyncio.Event()
+        state["dispatcher"] = runner
+        state["task"] = asyncio.create_task(runner.run(state["stop"]))
+
+    async def stop(app: FastAPI) -> None:
+        if "task" in state:
+            state["stop"].set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(state["task"], timeout=30)
+            await state["dispatcher"].deliverer.aclose()
+
+    app = create_app(settings, services=services, on_startup=[start], on_shutdown=[stop])
+    app.state.embedded_dispatcher = embedded
+    return app
 
 
 async def run_worker(settings: Settings, *, over_http: bool, concurrency: int, cron: bool) -> None:
-    raise NotImplementedError
+    """``curaway worker``: the dispatcher alone, delivering in-process (default) or to ``CURAWAY_PUBLIC_URL``."""
+    services = build_services(settings)
+    app = create_app(settings, services=services)
+    if cron:
+        await asyncio.to_thread(sync_local_schedules, services)
+    deliverer = HttpxDeliverer.over_http(settings) if over_http else HttpxDeliverer.in_process(app, settings)
+    dispatcher = LocalDispatcher(
+        session_factory=services.session_factory,
+        clock=services.clock,
+        deliverer=deliverer,
+        enqueuer=services.local_enqueuer,
+        config=dispatcher_config(settings, cron=cron, concurrency=concurrency),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await dispatcher.run(stop)
+    finally:
+        await deliverer.aclose()
+        services.engine.dispose()
+
+
+async def run_task_now(settings: Settings, name: str, payload: dict[str, Any], *, wait: bool) -> dict[str, Any]:
+    """``tasks run``: enqueue a forced run and, with ``wait``, deliver it in-process (unless another dispatcher
+    claims it first, then wait for that one) and report the ledger outcome."""
+    prepare(settings, migrate=True)
+    services = build_services(settings)
+    app = create_app(settings, services=services)
+    dispatcher = build_dispatcher(app, services, cron=False, concurrency=1)
+    try:
+        receipt = await asyncio.to_thread(services.local_enqueuer.enqueue_manual, name, payload)
+        item_id = int(receipt.message_id or 0)
+        answer: dict[str, Any] = {"task": name, "run_key": receipt.dedup_key, "queue_item": item_id, "status": "queued"}
+        if not wait:
+            return answer
+        deadline = asyncio.get_running_loop().time() + 3600
+        while asyncio.get_running_loop().time() < deadline:
+            state = await dispatcher.run_item(item_id)
+            if state is None:
+                state = await asyncio.to_thread(_queue_status, services, item_id)
+            if state != "running":  # done, dead, or queued again for a later retry
+                break
+            await asyncio.sleep(0.2)
+        return await asyncio.to_thread(_run_report, services, receipt.dedup_key, item_id)
+    finally:
+        await dispatcher.deliverer.aclose()
+        services.engine.dispose()
+
+
+def _queue_status(services: Services, item_id: int) -> str | None:
+    from curaway.repositories import queue as queue_repo
+
+    with transaction(services.session_factory) as session:
+        item = queue_repo.get(session, item_id)
+        return item.status if item is not None else None
+
+
+def _run_report(services: Services, run_key: str, item_id: int) -> dict[str, Any]:
+    from curaway.repositories import ledger
+    from curaway.repositories import queue as queue_repo
+
+    with transaction(services.session_factory) as session:
+        item = queue_repo.get(session, item_id)
+        row = ledger.get(session, run_key)
+        report: dict[str, Any] = {
+            "task": item.task if item else None,
+            "run_key": run_key,
+            "queue_item": item_id,
+            "queue_status": item.status if item else None,
+            "attempts": item.attempts if item else None,
+            "status": row.status if row else (item.status if item else "unknown"),
+            "result": row.result if row else None,
+        }
+        if row is not None and row.error_class:
+            report["error"] = {"class": row.error_class, "code": row.error_code}
+        if item is not None and item.status == "queued":
+            report["retry_at"] = item.scheduled_for.isoformat()
+        return report
 
 
 def load_demo_data(settings: Settings) -> DemoSummary:

@@ -10,8 +10,15 @@ from sqlalchemy import Engine
 
 from curaway.clock import Clock, SystemClock
 from curaway.db import SessionFactory, create_db_engine, create_session_factory
+from curaway.dispatch.auth import InternalAuth, JwksCache
+from curaway.dispatch.dlq import DeadLetters
+from curaway.dispatch.local import LocalEnqueuer
+from curaway.dispatch.runner import RunnerConfig, TaskRunner
+from curaway.errors import ConfigurationError
 from curaway.integrations import Integrations
 from curaway.settings import Settings
+from curaway.tasks.base import Enqueuer, EnqueueReceipt, Handler
+from curaway.tasks.registry import HANDLERS
 
 
 @dataclass
@@ -69,6 +76,19 @@ class Metrics:
         )
 
 
+class UnavailableEnqueuer:
+    """Publishing through a backend this build cannot reach: fail loudly rather than lose work."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+
+    def enqueue(self, task: str, payload: Any, *, dedup_key: str | None = None, delay_s: float = 0.0) -> EnqueueReceipt:
+        raise ConfigurationError(
+            f"CURAWAY_DISPATCH_BACKEND={self.backend}: publishing through this backend is not available in this "
+            "build; use the local backend (inbound deliveries from it are verified and run)"
+        )
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -77,6 +97,11 @@ class Services:
     clock: Clock
     integrations: Integrations
     metrics: Metrics
+    internal_auth: InternalAuth
+    enqueuer: Enqueuer
+    runner: TaskRunner
+    dead_letters: DeadLetters
+    local_enqueuer: LocalEnqueuer
     extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -87,13 +112,45 @@ class Services:
         engine: Engine | None = None,
         clock: Clock | None = None,
         integrations: Integrations | None = None,
+        enqueuer: Enqueuer | None = None,
+        handlers: dict[str, Handler] | None = None,
+        runner_config: RunnerConfig | None = None,
+        oidc_certs: JwksCache | None = None,
     ) -> Services:
         engine = engine or create_db_engine(settings.resolved_database_url)
+        session_factory = create_session_factory(engine)
+        clock = clock or SystemClock()
+        integrations = integrations or Integrations()
+        metrics = Metrics.create()
+        local = LocalEnqueuer(session_factory=session_factory, clock=clock)
+        if enqueuer is None:
+            enqueuer = local if settings.dispatch_backend == "local" else UnavailableEnqueuer(settings.dispatch_backend)
+
+        def observe(task: str, outcome: str, seconds: float) -> None:
+            metrics.task_runs.labels(task=task, outcome=outcome).inc()
+            if seconds:
+                metrics.task_seconds.labels(task=task).observe(seconds)
+
+        runner = TaskRunner(
+            settings=settings,
+            session_factory=session_factory,
+            clock=clock,
+            integrations=integrations,
+            enqueuer=enqueuer,
+            handlers=handlers if handlers is not None else HANDLERS,
+            config=runner_config,
+            observe=observe,
+        )
         return cls(
             settings=settings,
             engine=engine,
-            session_factory=create_session_factory(engine),
-            clock=clock or SystemClock(),
-            integrations=integrations or Integrations(),
-            metrics=Metrics.create(),
+            session_factory=session_factory,
+            clock=clock,
+            integrations=integrations,
+            metrics=metrics,
+            internal_auth=InternalAuth(settings, clock=clock, certs=oidc_certs),
+            enqueuer=enqueuer,
+            runner=runner,
+            dead_letters=DeadLetters(session_factory=session_factory, clock=clock),
+            local_enqueuer=local,
         )

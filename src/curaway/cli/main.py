@@ -30,7 +30,9 @@ def _settings(**overrides: Any) -> Any:
     from curaway.settings import load_settings
 
     try:
-        return load_settings(**overrides)
+        settings = load_settings(**overrides)
+        _logging(settings)
+        return settings
     except ConfigurationError as exc:
         _fail(str(exc))
     except Exception as exc:  # noqa: BLE001 - pydantic.ValidationError: name the variable, never echo its value
@@ -171,6 +173,180 @@ def schedules_list(as_json: JsonFlag = False, count: Annotated[int, typer.Option
         Console().print(table)
 
     _emit(rows, as_json, render)
+
+
+def _services_for_cli(settings: Any) -> Any:
+    from curaway.api.bootstrap import build_services, prepare
+
+    prepare(settings, migrate=True)
+    return build_services(settings)
+
+
+@schedules_app.command("plan")
+def schedules_plan(
+    as_json: JsonFlag = False,
+    backend: Annotated[str | None, typer.Option(help="Backend to compare against (default: the active one).")] = None,
+) -> None:
+    """Show what `sync` would change on the backend (nothing is written)."""
+    _schedules_sync(apply=False, as_json=as_json, backend=backend)
+
+
+@schedules_app.command("sync")
+def schedules_sync(
+    as_json: JsonFlag = False,
+    backend: Annotated[str | None, typer.Option(help="Backend to sync (default: the active one).")] = None,
+) -> None:
+    """Make the backend's registered schedules match the registry (idempotent)."""
+    _schedules_sync(apply=True, as_json=as_json, backend=backend)
+
+
+def _schedules_sync(*, apply: bool, as_json: bool, backend: str | None) -> None:
+    from curaway.db import transaction
+    from curaway.dispatch.schedule_sync import apply_local, plan_local
+
+    settings = _settings()
+    chosen = backend or settings.dispatch_backend
+    if chosen != "local":
+        _fail(
+            f"schedules {'sync' if apply else 'plan'} for backend {chosen!r} is not available in this build "
+            "(supported: local)"
+        )
+    services = _services_for_cli(settings)
+    try:
+        with transaction(services.session_factory) as session:
+            changes = plan_local(session)
+            applied = apply_local(session, changes, clock=services.clock) if apply else 0
+    finally:
+        services.engine.dispose()
+    data = {"backend": chosen, "applied": applied, "changes": [c.as_dict() for c in changes]}
+
+    def render(d: dict[str, Any]) -> None:
+        for c in d["changes"]:
+            mark = {"create": "+", "update": "~", "delete": "-", "unchanged": "="}[c["action"]]
+            typer.echo(f"{mark} {c['schedule']:<24} {c['cron'] or '':<14} {c['action']} {c['detail']}".rstrip())
+        pending = sum(1 for c in d["changes"] if c["action"] != "unchanged")
+        typer.echo(f"{d['applied']} change(s) applied" if apply else f"{pending} change(s) pending")
+
+    _emit(data, as_json, render)
+
+
+@tasks_app.command("run")
+def tasks_run(
+    name: Annotated[str, typer.Argument(help="Task or schedule name (see `schedules list`).")],
+    payload: Annotated[str, typer.Option(help="JSON object passed to the handler.")] = "{}",
+    wait: Annotated[bool, typer.Option(help="Deliver now and wait for the outcome.")] = True,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run a task now, through the dispatcher (queued with its own run key, delivered like any other task)."""
+    import asyncio
+
+    from curaway.schedules import all_tasks, get_task
+
+    if get_task(name) is None:
+        _fail(f"unknown task {name!r}; known: {', '.join(t.name for t in all_tasks())}")
+    try:
+        body = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        _fail(f"--payload is not valid JSON: {exc.msg}")
+    if not isinstance(body, dict):
+        _fail("--payload must be a JSON object")
+    settings = _settings()
+    if settings.dispatch_backend != "local":
+        _fail(f"tasks run needs the local backend (CURAWAY_DISPATCH_BACKEND={settings.dispatch_backend})")
+    _logging(settings)
+    from curaway.api.bootstrap import run_task_now
+
+    outcome = asyncio.run(run_task_now(settings, name, body, wait=wait))
+    _emit(outcome, as_json, lambda d: typer.echo(json.dumps(d, indent=2, default=str)))
+    if outcome.get("status") in {"failed", "dead", "dead_lettered"}:
+        raise typer.Exit(1)
+
+
+@dlq_app.command("list")
+def dlq_list(
+    as_json: JsonFlag = False,
+    status: Annotated[str, typer.Option(help="open | replayed | all")] = "open",
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 100,
+) -> None:
+    """Dead letters, newest first."""
+    if status not in {"open", "replayed", "discarded", "all"}:
+        _fail("--status must be open, replayed, discarded or all")
+    services = _services_for_cli(_settings())
+    try:
+        rows = services.dead_letters.list_letters(status=None if status == "all" else status, limit=limit)
+    finally:
+        services.engine.dispose()
+
+    def render(data: list[dict[str, Any]]) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"Dead letters ({status})")
+        for col in ("id", "task", "run_key", "status", "source", "attempts", "last_status", "error", "created_at"):
+            table.add_column(col)
+        for r in data:
+            table.add_row(
+                str(r["id"]),
+                r["task"],
+                r["run_key"],
+                r["status"],
+                r["source"] or "-",
+                str(r["attempts"]),
+                str(r["last_status"] or "-"),
+                f"{r['error_class']} ({r['error_code']})",
+                r["created_at"],
+            )
+        Console().print(table)
+
+    _emit(rows, as_json, render)
+
+
+@dlq_app.command("show")
+def dlq_show(letter_id: Annotated[int, typer.Argument(help="Dead-letter id.")], as_json: JsonFlag = False) -> None:
+    """One dead letter."""
+    from curaway.errors import NotFoundError
+
+    services = _services_for_cli(_settings())
+    try:
+        row = services.dead_letters.show(letter_id)
+    except NotFoundError as exc:
+        _fail(exc.message, code=1)
+    finally:
+        services.engine.dispose()
+    _emit(row, as_json, lambda d: typer.echo(json.dumps(d, indent=2, default=str)))
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    letter_id: Annotated[int | None, typer.Argument(help="Dead-letter id (or --all).")] = None,
+    replay_all: Annotated[bool, typer.Option("--all", help="Replay every open dead letter.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Re-enqueue through the active backend with the original run key. Idempotent: a second replay does nothing."""
+    from curaway.errors import NotFoundError, ValidationFailed
+
+    if (letter_id is None) == (not replay_all):
+        _fail("give a dead-letter id or --all (not both)")
+    services = _services_for_cli(_settings())
+    try:
+        if replay_all:
+            results = [r.as_dict() for r in services.dead_letters.replay_all()]
+        else:
+            assert letter_id is not None
+            results = [services.dead_letters.replay(letter_id).as_dict()]
+    except (NotFoundError, ValidationFailed) as exc:
+        _fail(exc.message, code=1)
+    finally:
+        services.engine.dispose()
+
+    def render(data: list[dict[str, Any]]) -> None:
+        for r in data:
+            verb = "replayed" if r["replayed"] else "already replayed"
+            typer.echo(f"dead letter {r['dead_letter_id']}: {verb} (queue item {r['queue_item_id']}, {r['run_key']})")
+        if not data:
+            typer.echo("no open dead letters")
+
+    _emit(results, as_json, render)
 
 
 def main() -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from curaway.models import DeadLetter
+from curaway.db import rowcount
+from curaway.models import DeadLetter, ScheduleState
 
 
 def record_dead_letter(
@@ -57,3 +58,71 @@ def record_dead_letter(
             raise
         return winner
     return letter
+
+
+def list_dead_letters(session: Session, *, status: str | None = "open", limit: int = 100) -> list[DeadLetter]:
+    stmt = select(DeadLetter).order_by(DeadLetter.id.desc()).limit(limit)
+    if status:
+        stmt = stmt.where(DeadLetter.status == status)
+    return list(session.scalars(stmt))
+
+
+def get_dead_letter(session: Session, letter_id: int) -> DeadLetter | None:
+    return session.get(DeadLetter, letter_id)
+
+
+def mark_replayed(session: Session, *, letter_id: int, now: Any, replay_dedup_key: str) -> bool:
+    """open → replayed, once: a second replay of the same letter changes nothing (conditional UPDATE)."""
+    result = session.execute(
+        update(DeadLetter)
+        .where(DeadLetter.id == letter_id, DeadLetter.status == "open")
+        .values(status="replayed", replayed_at=now, replay_dedup_key=replay_dedup_key, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(rowcount(result))
+
+
+def dead_letter_counts(session: Session) -> dict[str, int]:
+    rows = session.execute(select(DeadLetter.status, func.count()).group_by(DeadLetter.status)).all()
+    return {status: int(n) for status, n in rows}
+
+
+# -- schedule state (what the local backend has registered) ------------------------------------------------
+
+
+def schedule_states(session: Session) -> dict[str, ScheduleState]:
+    return {row.schedule: row for row in session.scalars(select(ScheduleState))}
+
+
+def upsert_schedule_state(
+    session: Session, *, schedule: str, cron: str, endpoint: str, enabled: bool, now: Any
+) -> ScheduleState:
+    row = session.scalars(select(ScheduleState).where(ScheduleState.schedule == schedule)).first()
+    if row is None:
+        row = ScheduleState(schedule=schedule, cron=cron, endpoint=endpoint, enabled=enabled, synced_at=now)
+        session.add(row)
+    else:
+        row.cron, row.endpoint, row.enabled, row.synced_at = cron, endpoint, enabled, now
+    session.flush()
+    return row
+
+
+def delete_schedule_state(session: Session, schedule: str) -> None:
+    row = session.scalars(select(ScheduleState).where(ScheduleState.schedule == schedule)).first()
+    if row is not None:
+        session.delete(row)
+        session.flush()
+
+
+def advance_last_slot(session: Session, *, schedule: str, slot: Any) -> bool:
+    """Move ``last_slot`` forward only (several schedulers may race; the max wins)."""
+    result = session.execute(
+        update(ScheduleState)
+        .where(
+            ScheduleState.schedule == schedule,
+            (ScheduleState.last_slot.is_(None)) | (ScheduleState.last_slot < slot),
+        )
+        .values(last_slot=slot)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(rowcount(result))

@@ -1,0 +1,129 @@
+"""``/api/v1/internal/*``: the endpoints every backend delivers to, behind the internal-caller verifier chain."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from curaway.api.errors import error_response
+from curaway.api.services import Services
+from curaway.dispatch.auth import Caller
+from curaway.dispatch.delivery import Delivery
+from curaway.errors import AuthenticationError, ValidationFailed
+from curaway.logging import get_logger
+from curaway.schedules import TaskSpec, get_task
+from curaway.schedules.registry import get_schedule
+
+router = APIRouter(prefix="/api/v1/internal", tags=["internal"])
+log = get_logger("curaway.internal")
+
+TRUE = {"1", "true", "yes", "on"}
+FALSE = {"0", "false", "no", "off", ""}
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+async def authenticate(request: Request, body: bytes) -> Caller:
+    services = _services(request)
+    url = services.settings.endpoint_url(request.url.path)
+    if request.url.query:
+        url += "?" + request.url.query
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    try:
+        caller = await run_in_threadpool(services.internal_auth.verify, headers, url=url, body=body)
+    except AuthenticationError as exc:
+        log.warning("internal_auth.rejected", reason=exc.code, path=request.url.path)
+        services.metrics.auth_rejected.labels(reason=exc.code).inc()
+        raise
+    services.metrics.auth_accepted.labels(verifier=caller.verifier, key_id=caller.key_id).inc()
+    return caller
+
+
+def _parse_json_object(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        return {}
+    try:
+        value = json.loads(body)
+    except UnicodeDecodeError as exc:
+        raise ValidationFailed("request body is not UTF-8 JSON") from exc
+    except json.JSONDecodeError as exc:
+        raise ValidationFailed(
+            f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from exc
+    if not isinstance(value, dict):
+        raise ValidationFailed("request body must be a JSON object")
+    return value
+
+
+def _flag(value: str | None, name: str) -> bool:
+    if value is None:
+        return False
+    lowered = value.strip().lower()
+    if lowered in TRUE:
+        return True
+    if lowered in FALSE:
+        return False
+    raise ValidationFailed(f"query parameter {name} must be true or false")
+
+
+async def _run(request: Request, spec: TaskSpec, payload_from_query: dict[str, Any] | None = None) -> JSONResponse:
+    services = _services(request)
+    body = await request.body()
+    caller = await authenticate(request, body)
+    try:
+        payload = _parse_json_object(body)
+        force = _flag(request.query_params.get("force"), "force")
+        if payload_from_query:
+            payload.update(payload_from_query)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        delivery = Delivery.from_headers(headers, force=force, received_at=services.clock.now())
+    except ValidationFailed as exc:
+        return error_response(400, exc.message, code="bad_request", request=request)
+    outcome = await run_in_threadpool(services.runner.execute, spec, payload, delivery, caller)
+    return JSONResponse(outcome.body, status_code=outcome.status_code, headers=outcome.headers)
+
+
+@router.post("/tasks/{schedule}")
+async def run_schedule(schedule: str, request: Request) -> JSONResponse:
+    spec = get_schedule(schedule)
+    if spec is None:
+        # Authenticate first so the 404 does not reveal the task list to anonymous callers.
+        await authenticate(request, await request.body())
+        return error_response(404, f"unknown schedule {schedule!r}", code="not_found", request=request)
+    return await _run(request, spec)
+
+
+@router.post("/extract")
+async def extract(request: Request) -> JSONResponse:
+    spec = get_task("extract")
+    assert spec is not None
+    return await _run(request, spec)
+
+
+@router.post("/fhir/sweep")
+async def fhir_sweep(request: Request) -> JSONResponse:
+    spec = get_task("fhir-sweep")
+    assert spec is not None
+    query: dict[str, Any] = {}
+    params = request.query_params
+    try:
+        if "dry_run" in params:
+            query["dry_run"] = _flag(params["dry_run"], "dry_run")
+        if params.get("case_id"):
+            query["case_id"] = params["case_id"]
+        if "limit" in params:
+            raw = params["limit"].strip()
+            if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+                raise ValidationFailed("query parameter limit must be an integer between 1 and 10000")
+            query["limit"] = int(raw)
+    except ValidationFailed as exc:
+        await authenticate(request, await request.body())
+        return error_response(400, exc.message, code="bad_request", request=request)
+    return await _run(request, spec, query)

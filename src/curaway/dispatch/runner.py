@@ -1,0 +1,316 @@
+"""The one execution path: claim the run key, run the handler, map the outcome onto the retry protocol.
+
+| outcome | local / Cloud Tasks | QStash |
+|---|---|---|
+| success, duplicate, skipped | 200 | 200 |
+| running elsewhere (live lease) | 409 + Retry-After | same |
+| retryable failure | 503 (500 if unexpected) + Retry-After; dead letter first on the final attempt | same |
+| permanent failure | dead letter, 200 ``dead_lettered`` | dead letter, 489 + ``Upstash-NonRetryable-Error`` |
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from curaway.clock import Clock
+from curaway.db import SessionFactory, transaction
+from curaway.dispatch.auth import Caller
+from curaway.dispatch.delivery import Delivery
+from curaway.errors import CurawayError, PermanentError, RetryableError
+from curaway.integrations import Integrations
+from curaway.logging import get_logger
+from curaway.repositories import ledger
+from curaway.repositories.runtime import record_dead_letter
+from curaway.schedules import TaskSpec
+from curaway.settings import Settings
+from curaway.tasks.base import Enqueuer, Handler, Result, TaskContext
+
+log = get_logger("curaway.runner")
+
+DEFAULT_RETRY_AFTER_S = 10
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """An HTTP answer, independent of the web framework."""
+
+    status_code: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RunnerConfig:
+    lease_s: float = 60.0  # the ledger lease, kept alive by a heartbeat while the handler runs
+    owner_prefix: str = field(default_factory=lambda: f"w-{secrets.token_hex(4)}")
+
+
+class TaskRunner:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        session_factory: SessionFactory,
+        clock: Clock,
+        integrations: Integrations,
+        enqueuer: Enqueuer,
+        handlers: Mapping[str, Handler],
+        config: RunnerConfig | None = None,
+        observe: Callable[[str, str, float], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.session_factory = session_factory
+        self.clock = clock
+        self.integrations = integrations
+        self.enqueuer = enqueuer
+        self.handlers = handlers
+        self.config = config or RunnerConfig()
+        self._observe = observe or (lambda task, outcome, seconds: None)
+
+    # ------------------------------------------------------------------------------------------------------
+    def execute(self, spec: TaskSpec, payload: dict[str, Any], delivery: Delivery, caller: Caller) -> Outcome:
+        handler = self.handlers.get(spec.name)
+        if handler is None:
+            return Outcome(404, {"error": {"code": "not_found", "message": f"no handler for task {spec.name!r}"}})
+        run_key, slot = delivery.run_key(spec, payload)
+        owner = f"{self.config.owner_prefix}-{secrets.token_hex(4)}"
+        now = self.clock.now()
+        with transaction(self.session_factory) as session:
+            claim = ledger.claim(
+                session,
+                run_key=run_key,
+                task=spec.name,
+                owner=owner,
+                now=now,
+                lease_s=self.config.lease_s,
+                slot=slot,
+                trigger=delivery.trigger,
+                verifier=caller.verifier,
+                key_id=caller.key_id,
+            )
+            attempts = claim.row.attempts
+            stored = claim.row.result
+        bound = log.bind(task=spec.name, run_key=run_key, trigger=delivery.trigger, verifier=caller.verifier)
+        if claim.kind == "duplicate":
+            bound.info("task.duplicate")
+            self._observe(spec.name, "duplicate", 0.0)
+            return Outcome(200, self._body(spec, run_key, "duplicate", stored))
+        if claim.kind == "busy":
+            bound.info("task.busy", retry_after_s=int(claim.retry_after_s))
+            self._observe(spec.name, "busy", 0.0)
+            return Outcome(
+                409,
+                self._body(spec, run_key, "in_progress", None),
+                headers={"Retry-After": str(max(1, int(claim.retry_after_s)))},
+            )
+
+        retry_count = delivery.retry_count if delivery.retry_count is not None else attempts - 1
+        final = spec.retry.is_final(retry_count)
+
+        if spec.overlap == "skip_if_running":
+            with transaction(self.session_factory) as session:
+                other = ledger.other_live_run(session, task=spec.name, run_key=run_key, now=now)
+                if other is not None:
+                    skipped = {"skipped": "overlap", "running_run_key": other.run_key}
+                    ledger.finish(session, run_key=run_key, owner=owner, now=now, status="skipped", result=skipped)
+            if other is not None:
+                bound.info("task.skipped_overlap", running_run_key=other.run_key)
+                self._observe(spec.name, "skipped", 0.0)
+                return Outcome(200, self._body(spec, run_key, "skipped", skipped))
+
+        ctx = TaskContext(
+            task=spec.name,
+            run_key=run_key,
+            session_factory=self.session_factory,
+            clock=self.clock,
+            settings=self.settings,
+            integrations=self.integrations,
+            enqueuer=self.enqueuer,
+            log=bound,
+            slot=slot,
+            attempt=retry_count,
+            final_attempt=final,
+            trigger=delivery.trigger,
+        )
+        bound.info("task.started", attempt=retry_count, final_attempt=final)
+        started = time.monotonic()
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(run_key, owner, stop), daemon=True)
+        beat.start()
+        try:
+            result = handler(ctx, payload)
+        except PermanentError as exc:
+            return self._dead(spec, payload, delivery, run_key, owner, attempts, exc, bound, started)
+        except RetryableError as exc:
+            return self._retryable(
+                spec,
+                payload,
+                delivery,
+                run_key,
+                owner,
+                attempts,
+                final,
+                exc,
+                bound,
+                started,
+                status=503,
+                retry_after_s=exc.retry_after_s,
+            )
+        except Exception as exc:  # noqa: BLE001 - any unexpected failure is retryable; class only, no message
+            return self._retryable(
+                spec,
+                payload,
+                delivery,
+                run_key,
+                owner,
+                attempts,
+                final,
+                exc,
+                bound,
+                started,
+                status=500,
+                retry_after_s=None,
+            )
+        finally:
+            stop.set()
+            beat.join(timeout=5)
+        return self._succeeded(spec, run_key, owner, result, bound, started)
+
+    # ------------------------------------------------------------------------------------------------------
+    def _heartbeat(self, run_key: str, owner: str, stop: threading.Event) -> None:
+        interval = max(0.05, self.config.lease_s / 3)
+        while not stop.wait(interval):
+            try:
+                with transaction(self.session_factory) as session:
+                    alive = ledger.heartbeat(
+                        session, run_key=run_key, owner=owner, now=self.clock.now(), lease_s=self.config.lease_s
+                    )
+                if not alive:
+                    log.warning("task.lease_lost", run_key=run_key)
+                    return
+            except Exception as exc:  # noqa: BLE001 - a missed beat is retried at the next interval
+                log.warning("task.heartbeat_failed", run_key=run_key, error_class=type(exc).__name__)
+
+    @staticmethod
+    def _body(spec: TaskSpec, run_key: str, status: str, result: Any) -> dict[str, Any]:
+        return {"task": spec.name, "run_key": run_key, "status": status, "result": result}
+
+    def _succeeded(
+        self, spec: TaskSpec, run_key: str, owner: str, result: Result, bound: Any, started: float
+    ) -> Outcome:
+        status = "skipped" if result.status == "skipped" else "succeeded"
+        with transaction(self.session_factory) as session:
+            owned = ledger.finish(
+                session, run_key=run_key, owner=owner, now=self.clock.now(), status=status, result=result.data
+            )
+        seconds = time.monotonic() - started
+        if not owned:
+            bound.warning("task.finished_without_lease")
+        bound.info("task.succeeded" if status == "succeeded" else "task.skipped", duration_s=round(seconds, 3))
+        self._observe(spec.name, status, seconds)
+        return Outcome(200, self._body(spec, run_key, status, result.data))
+
+    def _dead(
+        self,
+        spec: TaskSpec,
+        payload: dict[str, Any],
+        delivery: Delivery,
+        run_key: str,
+        owner: str,
+        attempts: int,
+        exc: CurawayError,
+        bound: Any,
+        started: float,
+    ) -> Outcome:
+        error_class = type(exc).__name__
+        with transaction(self.session_factory) as session:
+            ledger.finish(
+                session,
+                run_key=run_key,
+                owner=owner,
+                now=self.clock.now(),
+                status="dead",
+                error_class=error_class,
+                error_code=exc.code,
+            )
+            letter = record_dead_letter(
+                session,
+                task=spec.name,
+                run_key=run_key,
+                payload=_references(payload),
+                source=delivery.trigger,
+                attempts=attempts,
+                last_status=None,
+                error_class=error_class,
+                error_code=exc.code,
+            )
+            letter_id = letter.id
+        bound.warning("task.dead_lettered", error_class=error_class, error_code=exc.code, dead_letter_id=letter_id)
+        self._observe(spec.name, "dead_lettered", time.monotonic() - started)
+        body = self._body(spec, run_key, "dead_lettered", None)
+        body["error"] = {"code": exc.code, "message": exc.message, "dead_letter_id": letter_id}
+        if delivery.trigger == "qstash":
+            return Outcome(489, body, headers={"Upstash-NonRetryable-Error": "true"})
+        return Outcome(200, body)
+
+    def _retryable(
+        self,
+        spec: TaskSpec,
+        payload: dict[str, Any],
+        delivery: Delivery,
+        run_key: str,
+        owner: str,
+        attempts: int,
+        final: bool,
+        exc: Exception,
+        bound: Any,
+        started: float,
+        *,
+        status: int,
+        retry_after_s: float | None,
+    ) -> Outcome:
+        error_class = type(exc).__name__
+        code = exc.code if isinstance(exc, CurawayError) else "unexpected"
+        letter_id = None
+        with transaction(self.session_factory) as session:
+            ledger.finish(
+                session,
+                run_key=run_key,
+                owner=owner,
+                now=self.clock.now(),
+                status="dead" if final else "failed",
+                error_class=error_class,
+                error_code=code,
+            )
+            if final:
+                letter_id = record_dead_letter(
+                    session,
+                    task=spec.name,
+                    run_key=run_key,
+                    payload=_references(payload),
+                    source=delivery.trigger,
+                    attempts=attempts,
+                    last_status=status,
+                    error_class=error_class,
+                    error_code=code,
+                ).id
+        seconds = time.monotonic() - started
+        bound.warning(
+            "task.failed", error_class=error_class, error_code=code, final_attempt=final, dead_letter_id=letter_id
+        )
+        self._observe(spec.name, "dead_lettered" if final else "failed", seconds)
+        body = self._body(spec, run_key, "failed", None)
+        message = exc.message if isinstance(exc, CurawayError) else "unexpected error"
+        body["error"] = {"code": code, "message": message, "final_attempt": final, "dead_letter_id": letter_id}
+        retry_after = int(retry_after_s) if retry_after_s else DEFAULT_RETRY_AFTER_S
+        return Outcome(status, body, headers={"Retry-After": str(max(1, retry_after))})
+
+
+def _references(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """Payloads carry ids by contract; keep scalars only so nothing large or nested lands in the DLQ."""
+    return {k: v for k, v in payload.items() if isinstance(v, str | int | float | bool) or v is None}
