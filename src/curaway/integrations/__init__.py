@@ -16,3 +16,4 @@ class Integrations:
     rates: Any = None
     llm: Any = None
     storage: Any = None
+    ocr: Any = None  # curaway.integrations.ocr.OcrEngine; None → build_ocr() (Tesseract if on PATH)

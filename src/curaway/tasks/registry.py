@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from curaway.tasks import crons
+from curaway.tasks import crons, extraction, fhir_sweep
 from curaway.tasks.base import Handler
 
 HANDLERS: dict[str, Handler] = {
@@ -12,6 +12,8 @@ HANDLERS: dict[str, Handler] = {
     "consent-expiry-check": crons.consent_expiry_check,
     "notification-digest": crons.notification_digest,
     "analytics-refresh": crons.analytics_refresh,
+    "extract": extraction.extract,
+    "fhir-sweep": fhir_sweep.sweep,
 }
 
 
