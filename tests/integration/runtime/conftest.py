@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from curaway.api.bootstrap import build_services
 from curaway.api.app import create_app
+from curaway.api.bootstrap import build_services
 from curaway.clock import FrozenClock
 from curaway.dispatch.auth import JwksCache
 from curaway.dispatch.runner import RunnerConfig

@@ -18,7 +18,6 @@ from curaway.errors import PermanentError, RetryableError
 from curaway.models import DeadLetter, QueuedTask, RunLedger, ScheduleState
 from curaway.schedules import all_tasks
 from curaway.schedules.registry import get_schedule
-from curaway.tasks.base import Result
 from tests.integration.runtime.conftest import NOW
 from tests.support.runtime import CountingHandlers
 

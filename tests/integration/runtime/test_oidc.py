@@ -64,7 +64,7 @@ def test_accounts_google_com_issuer_without_scheme_is_accepted(env):
 
 
 def test_unknown_kid_and_forged_signature(env):
-    verifier, key, other, server = env
+    verifier, _key, other, _server = env
     assert reason(verifier, other.sign(google_claims(aud=URL, now=NOW))) == "oidc_unknown_kid"
     forged = other.sign(google_claims(aud=URL, now=NOW), kid="kid-a")  # right kid, wrong key
     assert reason(verifier, forged) == "oidc_bad_signature"
@@ -83,7 +83,7 @@ def test_key_rotation_refetches_on_an_unknown_kid(env):
     verifier, key, other, server = env
     verifier.verify(key.sign(google_claims(aud=URL, now=NOW)), url=URL)
     server.keys.append(other)  # Google publishes a new key
-    verifier._certs._min_refetch_s = 0  # noqa: SLF001 - let the test refetch at once
+    verifier._certs._min_refetch_s = 0
     assert verifier.verify(other.sign(google_claims(aud=URL, now=NOW)), url=URL).key_id == "oidc:kid-b"
     assert server.fetches == 2
 
