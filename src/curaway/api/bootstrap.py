@@ -17,6 +17,7 @@ from curaway.db import create_db_engine, create_session_factory, transaction, up
 from curaway.dispatch.local import DispatcherConfig, HttpxDeliverer, LocalDispatcher
 from curaway.dispatch.runner import RunnerConfig
 from curaway.dispatch.schedule_sync import apply_local, plan_local
+from curaway.integrations import Integrations
 from curaway.logging import get_logger
 from curaway.repositories.demo import DemoSummary, load_demo
 from curaway.schedules import SCHEDULES, next_slots
@@ -32,8 +33,25 @@ def prepare(settings: Settings, *, migrate: bool = True) -> None:
         log.info("db.migrated")
 
 
+def build_integrations(settings: Settings) -> Integrations:
+    """The real seams for these settings (embedded defaults: outbox email, local storage, local LLM)."""
+    from curaway.integrations.email import build_email_backend
+    from curaway.integrations.llm import build_llm_gateway
+    from curaway.integrations.rates import build_rates_client
+    from curaway.integrations.storage import build_storage
+
+    return Integrations(
+        email=build_email_backend(settings),
+        rates=build_rates_client(settings),
+        llm=build_llm_gateway(settings),
+        storage=build_storage(settings),
+    )
+
+
 def build_services(settings: Settings, **overrides: Any) -> Services:
     overrides.setdefault("runner_config", RunnerConfig(lease_s=settings.run_lease_s))
+    if overrides.get("integrations") is None:
+        overrides["integrations"] = build_integrations(settings)
     return Services.build(settings, **overrides)
 
 

@@ -10,7 +10,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from curaway import __version__
 from curaway.api.services import Services
-from curaway.db import ping
+from curaway.db import ping, transaction
+from curaway.dispatch.status import runtime_status
 from curaway.logging import get_logger
 
 router = APIRouter(tags=["health"])
@@ -39,11 +40,17 @@ def readyz(request: Request) -> JSONResponse:
         log.warning("readyz.database_unreachable", error_class=type(exc).__name__)
         checks["database"] = {"status": "unreachable", "error_class": type(exc).__name__}
         ready = False
-    for name, probe in services.extras.get("readiness_probes", {}).items():
+    if ready:
+        # Informational: stale schedules are visible here (and alerting reads them) without failing readiness,
+        # so one stuck cron does not take the whole service out of rotation.
         try:
-            checks[name] = probe()
+            with transaction(services.session_factory) as session:
+                status = runtime_status(session, now=services.clock.now())
+            checks["schedules"] = status["freshness"]
+            checks["queue"] = status["queue"]
+            checks["dead_letters"] = status["dead_letters"]
         except Exception as exc:  # noqa: BLE001 - readiness reports any failure as data
-            checks[name] = {"status": "error", "error_class": type(exc).__name__}
+            checks["schedules"] = {"status": "error", "error_class": type(exc).__name__}
     return JSONResponse(
         {"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503
     )

@@ -127,3 +127,39 @@ async def fhir_sweep(request: Request) -> JSONResponse:
         await authenticate(request, await request.body())
         return error_response(400, exc.message, code="bad_request", request=request)
     return await _run(request, spec, query)
+
+
+# -- dead letters -------------------------------------------------------------------------------------------
+
+
+@router.get("/dlq")
+async def dlq_list(request: Request, status: str = "open", limit: int = 100) -> JSONResponse:
+    await authenticate(request, b"")
+    if status not in {"open", "replayed", "discarded", "all"}:
+        return error_response(400, "status must be open, replayed, discarded or all", request=request)
+    if not 1 <= limit <= 10_000:
+        return error_response(400, "limit must be between 1 and 10000", request=request)
+    rows = await run_in_threadpool(
+        _services(request).dead_letters.list_letters, status=None if status == "all" else status, limit=limit
+    )
+    return JSONResponse({"dead_letters": rows})
+
+
+@router.get("/dlq/{letter_id}")
+async def dlq_show(letter_id: int, request: Request) -> JSONResponse:
+    await authenticate(request, b"")
+    return JSONResponse(await run_in_threadpool(_services(request).dead_letters.show, letter_id))
+
+
+@router.post("/dlq/{letter_id}/replay")
+async def dlq_replay(letter_id: int, request: Request) -> JSONResponse:
+    await authenticate(request, await request.body())
+    result = await run_in_threadpool(_services(request).dead_letters.replay, letter_id)
+    return JSONResponse(result.as_dict(), status_code=202 if result.replayed else 200)
+
+
+@router.post("/dlq/replay-all")
+async def dlq_replay_all(request: Request) -> JSONResponse:
+    await authenticate(request, await request.body())
+    results = await run_in_threadpool(_services(request).dead_letters.replay_all)
+    return JSONResponse({"replayed": [r.as_dict() for r in results]}, status_code=202)

@@ -235,3 +235,34 @@ def test_overlap_policy_skips_a_new_slot_while_the_previous_runs(runtime):
     assert skipped.json()["status"] == "skipped"
     assert skipped.json()["result"]["skipped"] == "overlap"
     assert runtime.handlers.count() == 1
+
+
+def test_dead_letter_api_lists_shows_and_replays_idempotently(runtime):
+    _fail_with(runtime, "extract", PermanentError("bad payload", code="validation"))
+    runtime.post("/api/v1/internal/extract", json={"document_id": "doc_1"})
+    secret = {"X-Internal-Secret": "internal-secret-for-tests-0001"}
+    assert runtime.client.get("/api/v1/internal/dlq").status_code == 401
+    listing = runtime.client.get("/api/v1/internal/dlq", headers=secret).json()["dead_letters"]
+    assert [(d["task"], d["run_key"], d["error_code"]) for d in listing] == [("extract", "extract:doc_1", "validation")]
+    letter_id = listing[0]["id"]
+    assert runtime.client.get(f"/api/v1/internal/dlq/{letter_id}", headers=secret).json()["status"] == "open"
+    assert runtime.client.get("/api/v1/internal/dlq/999999", headers=secret).status_code == 404
+    first = runtime.client.post(f"/api/v1/internal/dlq/{letter_id}/replay", headers=secret)
+    second = runtime.client.post(f"/api/v1/internal/dlq/{letter_id}/replay", headers=secret)
+    assert (first.status_code, first.json()["replayed"]) == (202, True)
+    assert (second.status_code, second.json()["replayed"]) == (200, False)
+    assert first.json()["queue_item_id"] == second.json()["queue_item_id"]
+    assert runtime.client.get("/api/v1/internal/dlq?status=bogus", headers=secret).status_code == 400
+
+
+def test_readyz_reports_schedule_freshness(runtime):
+    checks = runtime.client.get("/readyz").json()["checks"]
+    assert checks["schedules"]["schedules"]["intake-reminders"]["status"] == "never"
+    runtime.post(TASK)
+    checks = runtime.client.get("/readyz").json()["checks"]
+    assert checks["schedules"]["schedules"]["intake-reminders"]["status"] == "ok"
+    runtime.clock.advance(hours=3)  # SLO for the hourly reminders is 2 h
+    ready = runtime.client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["schedules"]["schedules"]["intake-reminders"]["status"] == "stale"
+    assert ready.json()["checks"]["schedules"]["status"] == "stale"
