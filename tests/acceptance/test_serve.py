@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 
@@ -44,3 +45,26 @@ def test_prod_without_secrets_refuses_to_start_and_names_the_variable(tmp_path):
     result = run_cli("serve", "--port", "1", env=base_env(tmp_path, CURAWAY_ENV="prod"))
     assert result.returncode != 0
     assert "INTERNAL_SECRET is not set" in result.stderr
+
+
+def test_embedded_dispatcher_delivers_queued_work_and_registers_schedules(tmp_path):
+    data = tmp_path / "data"
+    env = base_env(data, CURAWAY_DISPATCH_POLL_S="0.1")
+    with serving(data, env_extra={"CURAWAY_DISPATCH_POLL_S": "0.1"}) as url:
+        queued = run_cli("tasks", "run", "analytics-refresh", "--no-wait", "--json", env=env)
+        assert queued.returncode == 0, queued.stderr
+        item = json.loads(queued.stdout)["queue_item"]
+        deadline = time.monotonic() + 30
+        status = None
+        while time.monotonic() < deadline:
+            with sqlite3.connect(data / "curaway.db") as conn:
+                (status,) = conn.execute("SELECT status FROM task_queue WHERE id = ?", (item,)).fetchone()
+            if status == "done":
+                break
+            time.sleep(0.2)
+        assert status == "done"
+        checks = httpx.get(url + "/readyz").json()["checks"]
+        assert checks["schedules"]["schedules"]["analytics-refresh"]["status"] == "ok"
+    with sqlite3.connect(data / "curaway.db") as conn:
+        (registered,) = conn.execute("SELECT count(*) FROM schedule_states").fetchone()
+    assert registered == 6

@@ -74,6 +74,7 @@ def running(args: list[str], *, env: Mapping[str, str], log_path: Path) -> Itera
 @contextmanager
 def serving(data_dir: Path, *extra_args: str, env_extra: Mapping[str, str] | None = None) -> Iterator[str]:
     port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
     env = base_env(data_dir, **dict(env_extra or {}))
     with running(["serve", "--port", str(port), *extra_args], env=env, log_path=data_dir / "serve.log") as proc:
         url = f"http://127.0.0.1:{port}"
