@@ -127,3 +127,41 @@ def test_killed_worker_with_in_flight_handler_is_taken_over_after_the_lease(make
         assert (row.status, row.attempts) == ("succeeded", 2)
     assert handlers.count() == 1
     services.engine.dispose()
+
+
+def test_two_worker_processes_share_the_queue_without_double_execution(make_settings, database_url, tmp_path):
+    total = 200
+    settings = make_settings(database_url=database_url, internal_secret=SECRET)
+    handlers = CountingHandlers()
+    services = build_services(settings, handlers=handlers.table([t.name for t in all_tasks()]))
+    for n in range(total):
+        services.local_enqueuer.enqueue("extract", {"document_id": f"doc_{n}"}, dedup_key=f"extract:doc_{n}")
+    app = create_app(settings, services=services)
+
+    def done() -> int:
+        with transaction(services.session_factory) as s:
+            return len(list(s.scalars(select(QueuedTask.id).where(QueuedTask.status == "done"))))
+
+    with serving_app(app) as url:
+        env = base_env(
+            tmp_path / "data",
+            DATABASE_URL=database_url,
+            CURAWAY_PUBLIC_URL=url,
+            INTERNAL_SECRET=SECRET,
+            CURAWAY_DISPATCH_POLL_S="0.1",
+            CURAWAY_DISPATCH_CONCURRENCY="4",
+        )
+        (tmp_path / "data").mkdir()
+        with (
+            running(["worker", "--http", "--no-cron"], env=env, log_path=tmp_path / "a.log"),
+            running(["worker", "--http", "--no-cron"], env=env, log_path=tmp_path / "b.log"),
+        ):
+            assert wait_for(lambda: done() == total, 240), (tmp_path / "a.log").read_text()[-2000:]
+    run_keys = [k for _, k in handlers.calls]
+    assert len(run_keys) == total and len(set(run_keys)) == total
+    with transaction(services.session_factory) as s:
+        attempts = set(s.scalars(select(QueuedTask.attempts)))
+    assert attempts == {1}
+    assert "dispatch.delivered" in (tmp_path / "a.log").read_text()
+    assert "dispatch.delivered" in (tmp_path / "b.log").read_text()  # both processes did work
+    services.engine.dispose()
