@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import exists, func, or_, select, text, update
+from sqlalchemy import exists, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from curaway.models import Case, Document, FhirResource, OcrJob, Upload
+from curaway.models import Case, Document, FhirResource, OcrJob, Upload, new_id
 
 CASE_FORWARD_FROM = ("intake", "documents_pending")
 
@@ -323,19 +323,23 @@ def insert_fhir_resources(
     now: datetime,
 ) -> int:
     """Insert ``(resource_type, resource, fingerprint)`` rows; the unique fingerprint rejects duplicates."""
-    for resource_type, resource, fp in resources:
-        session.add(
-            FhirResource(
-                case_id=case_id,
-                document_id=document_id,
-                resource_type=resource_type,
-                fhir_version=fhir_version,
-                resource=resource,
-                fingerprint=fp,
-                created_at=now,
-            )
+    if resources:
+        session.execute(
+            insert(FhirResource),
+            [
+                {
+                    "id": new_id("fhir"),
+                    "case_id": case_id,
+                    "document_id": document_id,
+                    "resource_type": resource_type,
+                    "fhir_version": fhir_version,
+                    "resource": resource,
+                    "fingerprint": fp,
+                    "created_at": now,
+                }
+                for resource_type, resource, fp in resources
+            ],
         )
-    session.flush()
     return len(resources)
 
 

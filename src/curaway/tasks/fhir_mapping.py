@@ -3,8 +3,9 @@
 Rules (DESIGN §4 "FHIR"): R4B (4.3.0) models, the version stored per row; only Condition, MedicationStatement,
 AllergyIntolerance, Procedure and Observation; every resource references the case's Patient (``subject``, or
 ``patient`` for AllergyIntolerance) — a missing reference is filled in, a different patient is refused. Model-made
-``id``/``meta`` are dropped (rows carry their own ids). One invalid resource fails the whole document: no partial
-writes. Each resource gets a fingerprint (SHA-256 of its canonical JSON), unique per document in the database.
+``id``/``meta`` are dropped (rows carry their own ids); the validated JSON is stored as given. One invalid resource
+fails the whole document: no partial writes. Each resource gets a fingerprint (SHA-256 of its canonical JSON),
+unique per document in the database.
 """
 
 from __future__ import annotations
@@ -80,16 +81,18 @@ def validate_resources(raw: list[dict[str, Any]], *, patient_ref: str) -> list[M
                 code="fhir_subject_mismatch",
             )
         try:
-            model = _model_class(str(resource_type)).model_validate(resource)
+            _model_class(str(resource_type)).model_validate(resource)
         except (ValidationError, ValueError, TypeError) as exc:
             count = exc.error_count() if isinstance(exc, ValidationError) else 1
             raise FhirMappingError(
                 f"resource #{index} ({resource_type}) is not valid FHIR R4B ({count} problems)",
                 code="fhir_schema_invalid",
             ) from None
-        canonical = json.loads(model.model_dump_json(exclude_none=True))
-        fp = fingerprint(canonical)
-        out.setdefault(fp, MappedResource(resource_type=str(resource_type), resource=canonical, fingerprint=fp))
+        # Store what was validated (a JSON round trip drops non-JSON values); re-serialising through the model
+        # would cost more than validating and change nothing a FHIR reader relies on.
+        stored = json.loads(json.dumps(resource))
+        fp = fingerprint(stored)
+        out.setdefault(fp, MappedResource(resource_type=str(resource_type), resource=stored, fingerprint=fp))
     return list(out.values())
 
 

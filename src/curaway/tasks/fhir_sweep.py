@@ -19,15 +19,18 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
 from curaway.errors import CurawayError, NotFoundError, PermanentError, RetryableError, ValidationFailed
-from curaway.integrations.llm import LlmGateway
+from curaway.integrations.llm import ClinicalContext, LlmGateway
 from curaway.repositories import documents as repo
 from curaway.repositories.runtime import record_dead_letter
 from curaway.tasks.base import Result, TaskContext
@@ -38,6 +41,7 @@ ATTEMPT_BUDGET = 3
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10_000
 DEFAULT_CONCURRENCY = 4
+WRITE_CONCURRENCY = 4  # validation + write workers behind the LLM workers
 MAX_CONCURRENCY = 32
 LEASE_S = 900.0  # longer than the task deadline (600 s): a crashed sweep frees its documents after this
 FANOUT_MIN_CASES = 2
@@ -132,13 +136,19 @@ class _Sweeper:
         self.gateway = gateway
         self.owner = owner
 
-    def process(self, claim: repo.ClaimedDocument) -> dict[str, Any]:
-        ref = patient_reference(claim.case_id)
+    def call_llm(self, claim: repo.ClaimedDocument) -> ClinicalContext:
+        """Stage 1 (an LLM worker; no transaction is open here)."""
+        if not claim.text or not claim.text.strip():
+            raise PermanentError("document has no extracted text", code="no_extracted_text")
+        return self.gateway.clinical_context(
+            claim.text, document_ref=claim.document_id, patient_reference=patient_reference(claim.case_id)
+        )
+
+    def complete(self, claim: repo.ClaimedDocument, context_of: Callable[[], ClinicalContext]) -> dict[str, Any]:
+        """Stage 2 (a writer): validate the model output and write the outcome in one short transaction."""
         try:
-            if not claim.text or not claim.text.strip():
-                raise PermanentError("document has no extracted text", code="no_extracted_text")
-            context = self.gateway.clinical_context(claim.text, document_ref=claim.document_id, patient_reference=ref)
-            mapped = validate_resources(context.resources, patient_ref=ref)
+            context = context_of()
+            mapped = validate_resources(context.resources, patient_ref=patient_reference(claim.case_id))
         except RetryableError as exc:
             return self._failure(claim, exc, retryable=True)
         except CurawayError as exc:
@@ -149,6 +159,30 @@ class _Sweeper:
             )
             return self._failure(claim, PermanentError("unexpected error", code="internal_error"), retryable=False)
         return self._write(claim, mapped, provider=context.call.provider)
+
+    def process(self, claim: repo.ClaimedDocument) -> dict[str, Any]:
+        return self.complete(claim, lambda: self.call_llm(claim))
+
+    def run_all(self, claimed: list[repo.ClaimedDocument], *, concurrency: int) -> list[dict[str, Any]]:
+        """At most ``concurrency`` LLM calls in flight; validation and writes run on a small writer pool, so an LLM
+        worker takes its next document as soon as the model answers (throughput ≈ concurrency / latency)."""
+        workers = min(concurrency, len(claimed))
+        if workers <= 1:
+            return [self.process(c) for c in claimed]
+        results: dict[int, Future[dict[str, Any]]] = {}
+        lock = threading.Lock()
+        with ThreadPoolExecutor(max_workers=min(WRITE_CONCURRENCY, workers), thread_name_prefix="fhir-write") as wp:
+
+            def hand_over(index: int, claim: repo.ClaimedDocument, done: Future[ClinicalContext]) -> None:
+                written = wp.submit(self.complete, claim, done.result)
+                with lock:
+                    results[index] = written
+
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fhir-llm") as llm_pool:
+                for index, claim in enumerate(claimed):
+                    llm_pool.submit(self.call_llm, claim).add_done_callback(partial(hand_over, index, claim))
+            # The LLM pool has joined, so every hand-over has been submitted.
+            return [results[i].result() for i in range(len(claimed))]
 
     def _write(self, claim: repo.ClaimedDocument, mapped: list[MappedResource], *, provider: str) -> dict[str, Any]:
         base = {"document_id": claim.document_id, "case_id": claim.case_id}
@@ -307,13 +341,7 @@ def sweep(ctx: TaskContext, payload: dict[str, Any]) -> Result:
         return Result(_summary([], dry_run=False), status="skipped")
 
     ctx.log.info("fhir_sweep.claimed", documents=len(claimed), case_id=opts.case_id, run_key=ctx.run_key)
-    sweeper = _Sweeper(ctx, gateway, owner)
-    workers = min(opts.concurrency, len(claimed))
-    if workers == 1:
-        outcomes = [sweeper.process(c) for c in claimed]
-    else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fhir-sweep") as pool:
-            outcomes = list(pool.map(sweeper.process, claimed))
+    outcomes = _Sweeper(ctx, gateway, owner).run_all(claimed, concurrency=opts.concurrency)
     summary = _summary(outcomes, dry_run=False)
     ctx.log.info(
         "fhir_sweep.finished",
