@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from curaway import __version__
+from curaway.api.documents import router as documents_router
 from curaway.api.errors import install_error_handlers
 from curaway.api.health import router as health_router
 from curaway.api.internal import router as internal_router
@@ -56,6 +57,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(internal_router)
+    app.include_router(documents_router)
     app.add_middleware(
         BodyLimitMiddleware,
         default_bytes=settings.max_body_bytes,
