@@ -149,6 +149,12 @@ class FrankfurterClient:
     def close(self) -> None:
         self._client.close()
 
+    def __enter__(self) -> FrankfurterClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def latest(self, base: str, quotes: Sequence[str]) -> RatesSnapshot:
         base_u, wanted = normalise_request(base, quotes)
         url = f"{self.base_url}/latest"

@@ -23,7 +23,7 @@ from decimal import Decimal
 from typing import Any
 
 from curaway.errors import PermanentError, RetryableError, ValidationFailed
-from curaway.integrations.rates import RatesClient, RatesInvalid, build_rates_client
+from curaway.integrations.rates import RatesClient, RatesInvalid, RatesSnapshot, build_rates_client
 from curaway.integrations.storage import Storage, build_storage
 from curaway.integrations.templates import render
 from curaway.repositories import crons as repo
@@ -33,11 +33,13 @@ from curaway.tasks.cron_outbox import deliver_due
 # -- exchange-rate-refresh ----------------------------------------------------------------------------------
 
 
-def _rates_client(ctx: TaskContext) -> RatesClient:
-    client: Any = ctx.integrations.rates
-    if client is None:
-        return build_rates_client(ctx.settings)
-    return client
+def _fetch_rates(ctx: TaskContext, base: str, quotes: list[str]) -> RatesSnapshot:
+    """Through the injected client, else a Frankfurter client built from settings (and closed after use)."""
+    client: RatesClient | None = ctx.integrations.rates
+    if client is not None:
+        return client.latest(base, quotes)
+    with build_rates_client(ctx.settings) as owned:
+        return owned.latest(base, quotes)
 
 
 def exchange_rate_refresh(ctx: TaskContext, payload: dict[str, Any]) -> Result:
@@ -49,7 +51,7 @@ def exchange_rate_refresh(ctx: TaskContext, payload: dict[str, Any]) -> Result:
     """
     base = ctx.settings.fx_base.upper()
     quotes = ctx.settings.fx_currency_list
-    snapshot = _rates_client(ctx).latest(base, quotes)
+    snapshot = _fetch_rates(ctx, base, quotes)
     now = ctx.clock.now()
     if snapshot.date > now.date() + timedelta(days=1):
         raise RatesInvalid("rates date lies in the future", code="rates_future_date")
