@@ -201,3 +201,26 @@ def test_demo_data_sends_expected_reminders_into_the_outbox_files(ctx_for, sessi
     assert cases == stuck
     again = intake_reminders(ctx_for("intake-reminders", email=outbox), {})
     assert again.data["reminders_sent"] == 0 and len(outbox.list_messages()) == len(stuck)
+
+
+def test_real_smtp_failures_back_off_and_delivered_mail_is_never_resent(ctx_for, session_factory, clock):
+    from curaway.integrations.email import SmtpEmailBackend
+    from tests.support.crons_smtp import smtp_sink
+
+    _tenant(session_factory)
+    for cid in ("case_ok", "case_busy"):
+        _case(session_factory, cid, last_message_ago=timedelta(hours=30))
+    with smtp_sink() as sink:
+        smtp = SmtpEmailBackend.from_url(sink.url(timeout_s=5))
+        sink.handler.reply_for["case_busy@patients.example"] = "451 4.3.0 try again later"
+        first = intake_reminders(ctx_for("intake-reminders", email=smtp), {})
+        assert first.data["reminders_sent"] == 1 and first.data["delivery_retry_scheduled"] == 1
+        with transaction(session_factory) as s:
+            busy = s.scalars(select(EmailOutbox).where(EmailOutbox.to_address.startswith("case_busy"))).one()
+            assert busy.last_error == "smtp_451" and busy.attempts == 1 and busy.status == "pending"
+        sink.handler.reply_for.clear()
+        clock.advance(minutes=2)
+        second = intake_reminders(ctx_for("intake-reminders", email=smtp), {})
+        assert second.data["reminders_sent"] == 1
+        delivered = [r.rcpt_tos[0] for r in sink.received]
+    assert sorted(delivered) == ["case_busy@patients.example", "case_ok@patients.example"]
