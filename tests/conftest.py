@@ -6,6 +6,7 @@ Under ``CI=true`` an unreachable Postgres is an error, not a skip.
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 import shutil
@@ -121,6 +122,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template
     finally:
         engine.dispose()
     yield url
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_per_test() -> Iterator[None]:
+    """Collect after each test, so an unclosed connection is reported against the test that leaked it."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture
