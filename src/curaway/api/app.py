@@ -15,6 +15,7 @@ from curaway.api.health import router as health_router
 from curaway.api.internal import router as internal_router
 from curaway.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from curaway.api.services import Services
+from curaway.api.webhooks import router as webhooks_router
 from curaway.settings import Settings
 
 Hook = Callable[[FastAPI], Any]
@@ -44,7 +45,7 @@ def create_app(
                 result = hook(app)
                 if hasattr(result, "__await__"):
                     await result
-            services.engine.dispose()
+            services.close()
 
     app = FastAPI(
         title="Curaway async pipelines + webhooks",
@@ -56,6 +57,7 @@ def create_app(
     app.state.services = services
     install_error_handlers(app)
     app.include_router(health_router)
+    app.include_router(webhooks_router)
     app.include_router(internal_router)
     app.include_router(documents_router)
     app.add_middleware(
