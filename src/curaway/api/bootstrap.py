@@ -37,14 +37,19 @@ def build_integrations(settings: Settings) -> Integrations:
     """The real seams for these settings (embedded defaults: outbox email, local storage, local LLM)."""
     from curaway.integrations.email import build_email_backend
     from curaway.integrations.llm import build_llm_gateway
+    from curaway.integrations.ocr import build_ocr
     from curaway.integrations.rates import build_rates_client
     from curaway.integrations.storage import build_storage
+    from curaway.integrations.tracing import build_tracer_provider
 
+    tracer_provider = build_tracer_provider(settings)
     return Integrations(
         email=build_email_backend(settings),
         rates=build_rates_client(settings),
-        llm=build_llm_gateway(settings),
+        llm=build_llm_gateway(settings, tracer_provider=tracer_provider),
         storage=build_storage(settings),
+        ocr=build_ocr(settings),
+        tracer_provider=tracer_provider,
     )
 
 
@@ -136,7 +141,7 @@ async def run_worker(settings: Settings, *, over_http: bool, concurrency: int, c
         await dispatcher.run(stop)
     finally:
         await deliverer.aclose()
-        services.engine.dispose()
+        services.close()
 
 
 async def run_task_now(settings: Settings, name: str, payload: dict[str, Any], *, wait: bool) -> dict[str, Any]:
@@ -163,7 +168,7 @@ async def run_task_now(settings: Settings, name: str, payload: dict[str, Any], *
         return await asyncio.to_thread(_run_report, services, receipt.dedup_key, item_id)
     finally:
         await dispatcher.deliverer.aclose()
-        services.engine.dispose()
+        services.close()
 
 
 def _queue_status(services: Services, item_id: int) -> str | None:

@@ -45,8 +45,9 @@ def readyz(request: Request) -> JSONResponse:
         # so one stuck cron does not take the whole service out of rotation.
         try:
             with transaction(services.session_factory) as session:
-                status = runtime_status(session, now=services.clock.now())
+                status = runtime_status(session, now=services.clock.now(), fx_base=services.settings.fx_base)
             checks["schedules"] = status["freshness"]
+            checks["exchange_rates"] = status["exchange_rates"]
             checks["queue"] = status["queue"]
             checks["dead_letters"] = status["dead_letters"]
         except Exception as exc:  # noqa: BLE001 - readiness reports any failure as data

@@ -104,6 +104,10 @@ class Services:
     local_enqueuer: LocalEnqueuer
     extras: dict[str, Any] = field(default_factory=dict)
 
+    def close(self) -> None:
+        self.integrations.close()
+        self.engine.dispose()
+
     @classmethod
     def build(
         cls,

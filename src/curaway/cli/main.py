@@ -217,7 +217,7 @@ def _schedules_sync(*, apply: bool, as_json: bool, backend: str | None) -> None:
             changes = plan_local(session)
             applied = apply_local(session, changes, clock=services.clock) if apply else 0
     finally:
-        services.engine.dispose()
+        services.close()
     data = {"backend": chosen, "applied": applied, "changes": [c.as_dict() for c in changes]}
 
     def render(d: dict[str, Any]) -> None:
@@ -275,7 +275,7 @@ def dlq_list(
     try:
         rows = services.dead_letters.list_letters(status=None if status == "all" else status, limit=limit)
     finally:
-        services.engine.dispose()
+        services.close()
 
     def render(data: list[dict[str, Any]]) -> None:
         from rich.console import Console
@@ -312,7 +312,7 @@ def dlq_show(letter_id: Annotated[int, typer.Argument(help="Dead-letter id.")], 
     except NotFoundError as exc:
         _fail(exc.message, code=1)
     finally:
-        services.engine.dispose()
+        services.close()
     _emit(row, as_json, lambda d: typer.echo(json.dumps(d, indent=2, default=str)))
 
 
@@ -337,7 +337,7 @@ def dlq_replay(
     except (NotFoundError, ValidationFailed) as exc:
         _fail(exc.message, code=1)
     finally:
-        services.engine.dispose()
+        services.close()
 
     def render(data: list[dict[str, Any]]) -> None:
         for r in data:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from curaway.repositories import ledger
 from curaway.repositories import queue as queue_repo
+from curaway.repositories.crons import exchange_rate_freshness
 from curaway.repositories.runtime import dead_letter_counts
 from curaway.schedules import SCHEDULES
+from curaway.schedules.registry import get_schedule
 
 
 def schedule_freshness(session: Session, *, now: datetime) -> dict[str, Any]:
@@ -42,9 +44,26 @@ def schedule_freshness(session: Session, *, now: datetime) -> dict[str, Any]:
     return {"status": worst, "schedules": schedules}
 
 
-def runtime_status(session: Session, *, now: datetime) -> dict[str, Any]:
+def rates_freshness(session: Session, *, now: datetime, base: str) -> dict[str, Any]:
+    """The data the exchange-rate cron keeps fresh, against that schedule's SLO."""
+    schedule = get_schedule("exchange-rate-refresh")
+    slo = schedule.freshness_slo if schedule and schedule.freshness_slo else timedelta(hours=26)
+    fresh = exchange_rate_freshness(session, base=base)
+    age = fresh.age_s(now)
+    return {
+        "status": "never" if fresh.fetched_at is None else ("stale" if fresh.is_stale(now, max_age=slo) else "ok"),
+        "base": fresh.base,
+        "latest_date": fresh.latest_date.isoformat() if fresh.latest_date else None,
+        "quotes": fresh.quotes,
+        "age_s": round(age) if age is not None else None,
+        "slo_s": slo.total_seconds(),
+    }
+
+
+def runtime_status(session: Session, *, now: datetime, fx_base: str) -> dict[str, Any]:
     return {
         "freshness": schedule_freshness(session, now=now),
+        "exchange_rates": rates_freshness(session, now=now, base=fx_base),
         "queue": queue_repo.counts_by_status(session),
         "dead_letters": dead_letter_counts(session),
     }

@@ -17,3 +17,13 @@ class Integrations:
     llm: Any = None
     storage: Any = None
     ocr: Any = None  # curaway.integrations.ocr.OcrEngine; None → build_ocr() (Tesseract if on PATH)
+    tracer_provider: Any = None  # owned here so shutdown flushes spans
+
+    def close(self) -> None:
+        """Release clients and flush traces (entrypoints call this on exit)."""
+        for member in (self.rates, self.email, self.llm, self.storage):
+            close = getattr(member, "close", None)
+            if callable(close):
+                close()
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()

@@ -266,3 +266,17 @@ def test_readyz_reports_schedule_freshness(runtime):
     assert ready.status_code == 200
     assert ready.json()["checks"]["schedules"]["schedules"]["intake-reminders"]["status"] == "stale"
     assert ready.json()["checks"]["schedules"]["status"] == "stale"
+
+
+def test_readyz_reports_exchange_rate_staleness(runtime):
+    from decimal import Decimal
+
+    from curaway.models import ExchangeRate
+
+    assert runtime.client.get("/readyz").json()["checks"]["exchange_rates"]["status"] == "never"
+    with transaction(runtime.services.session_factory) as s:
+        s.add(ExchangeRate(date=NOW.date(), base="EUR", quote="USD", rate=Decimal("1.08"), fetched_at=NOW))
+    rates = runtime.client.get("/readyz").json()["checks"]["exchange_rates"]
+    assert (rates["status"], rates["quotes"], rates["latest_date"]) == ("ok", 1, "2026-12-03")
+    runtime.clock.advance(hours=27)
+    assert runtime.client.get("/readyz").json()["checks"]["exchange_rates"]["status"] == "stale"
