@@ -21,6 +21,8 @@ app.add_typer(tasks_app, name="tasks")
 app.add_typer(fhir_app, name="fhir")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(dev_app, name="dev")
+roles_app = typer.Typer(help="Role rows: list, sticky revoke, restore.", no_args_is_help=True)
+app.add_typer(roles_app, name="roles")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
@@ -347,6 +349,108 @@ def dlq_replay(
             typer.echo("no open dead letters")
 
     _emit(results, as_json, render)
+
+
+@dev_app.command("token")
+def dev_token(
+    user: Annotated[str, typer.Option(help="Clerk user id (sub).")] = "user_demo_coordinator",
+    org: Annotated[str, typer.Option(help="Clerk organization id; '' for none.")] = "org_demo_sunrise",
+    role: Annotated[str, typer.Option(help="Organization role.")] = "org:member",
+    ttl: Annotated[int, typer.Option(min=1, max=86_400, help="Lifetime in seconds.")] = 3600,
+    claims_version: Annotated[int, typer.Option("--claims-version", min=1, max=2, help="Clerk claim shape.")] = 1,
+) -> None:
+    """Mint a Clerk-shaped session token signed by the local dev key (dev only; `serve` trusts it in dev)."""
+    from curaway.api.identity import dev_key_trusted, mint_dev_token
+    from curaway.clock import SystemClock
+    from curaway.errors import ConfigurationError
+
+    settings = _settings()
+    if not dev_key_trusted(settings):
+        typer.echo("warning: CURAWAY_CLERK_JWKS_URL is set, so the server will not trust dev tokens", err=True)
+    try:
+        token = mint_dev_token(
+            settings,
+            user_id=user,
+            org_id=org or None,
+            role=role,
+            ttl_s=ttl,
+            now=SystemClock().now(),
+            claims_version=claims_version,
+        )
+    except ConfigurationError as exc:
+        _fail(exc.message)
+    typer.echo(token)
+
+
+@roles_app.command("list")
+def roles_list(
+    user: Annotated[str | None, typer.Option(help="Only this user id.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant id.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Role rows (auto and manual) with their state."""
+    from curaway.api.identity import admin_list_roles
+
+    rows = admin_list_roles(_settings(), user_id=user, tenant_id=tenant)
+    _emit(rows, as_json, _render_roles)
+
+
+@roles_app.command("revoke")
+def roles_revoke(
+    user_id: Annotated[str, typer.Argument(help="Clerk user id.")],
+    tenant: Annotated[str, typer.Option(help="Tenant id.")],
+    role: Annotated[str | None, typer.Option(help="Only this role (default: every role in the tenant).")] = None,
+    by: Annotated[str, typer.Option(help="Who revokes (recorded).")] = "operator:cli",
+    as_json: JsonFlag = False,
+) -> None:
+    """Sticky revoke: sign-ins and membership webhooks will not re-activate these rows."""
+    from curaway.api.identity import admin_revoke_roles
+    from curaway.clock import SystemClock
+    from curaway.errors import NotFoundError
+
+    try:
+        rows = admin_revoke_roles(
+            _settings(), user_id=user_id, tenant_id=tenant, role=role, revoked_by=by, now=SystemClock().now()
+        )
+    except NotFoundError as exc:
+        _fail(exc.message, code=1)
+    _emit(rows, as_json, _render_roles)
+
+
+@roles_app.command("restore")
+def roles_restore(
+    user_id: Annotated[str, typer.Argument(help="Clerk user id.")],
+    tenant: Annotated[str, typer.Option(help="Tenant id.")],
+    role: Annotated[str | None, typer.Option(help="Only this role.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Lift a revoke: manual rows become active; the auto row waits for a fresh membership (sign-in/webhook)."""
+    from curaway.api.identity import admin_restore_roles
+    from curaway.clock import SystemClock
+
+    rows = admin_restore_roles(_settings(), user_id=user_id, tenant_id=tenant, role=role, now=SystemClock().now())
+    _emit(rows, as_json, _render_roles)
+
+
+def _render_roles(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Roles ({len(rows)})")
+    for col in ("id", "user_id", "tenant_id", "role", "granted_by", "active", "revoked_by", "updated_at"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            str(r["id"]),
+            r["user_id"],
+            r["tenant_id"],
+            r["role"],
+            r["granted_by"],
+            "yes" if r["is_active"] else "no",
+            r["revoked_by"] or "-",
+            r["updated_at"] or "-",
+        )
+    Console().print(table)
 
 
 def main() -> None:
