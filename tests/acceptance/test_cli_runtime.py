@@ -66,3 +66,35 @@ def test_dlq_list_show_replay(tmp_path):
     missing = run_cli("dlq", "show", "4242", env=env)
     assert missing.returncode == 1 and "not found" in missing.stderr
     assert run_cli("dlq", "replay", env=env).returncode == 2
+
+
+def test_tasks_run_intake_reminders_on_demo_data_fills_the_outbox(tmp_path):
+    env = base_env(tmp_path / "data")
+    assert run_cli("demo", env=env).returncode == 0
+    first = _json(run_cli("tasks", "run", "intake-reminders", "--json", env=env))
+    assert first["status"] == "succeeded"
+    assert first["result"]["reminders_sent"] == 4  # the four demo cases stuck in intake for more than 24 h
+    outbox = sorted((tmp_path / "data" / "outbox").glob("*.eml"))
+    assert len(outbox) == 4
+    second = _json(run_cli("tasks", "run", "intake-reminders", "--json", env=env))
+    assert second["result"]["reminders_sent"] == 0  # a forced re-run never sends a case two reminders
+    assert len(sorted((tmp_path / "data" / "outbox").glob("*.eml"))) == 4
+
+
+def test_fhir_sweep_cli_dry_run_then_sweep(tmp_path):
+    env = base_env(tmp_path / "data")
+    assert run_cli("demo", env=env).returncode == 0
+    dry = _json(run_cli("fhir", "sweep", "--dry-run", "--json", env=env))
+    assert dry["dry_run"] is True and dry["candidate_count"] >= 2
+    with sqlite3.connect(tmp_path / "data" / "curaway.db") as conn:
+        assert conn.execute("SELECT count(*) FROM fhir_resources").fetchone() == (0,)
+    swept = run_cli("fhir", "sweep", "--json", env=env)
+    summary = _json(swept)
+    assert summary["processed_count"] == dry["candidate_count"]
+    assert len(summary["cases"]) == len({c["case_id"] for c in dry["candidates"]})  # one task per case
+    assert "FHIR sweep" in swept.stderr  # the progress bar
+    again = _json(run_cli("fhir", "sweep", "--json", env=env))
+    assert again["processed_count"] == 0 and again["cases"] == []
+    with sqlite3.connect(tmp_path / "data" / "curaway.db") as conn:
+        (rows,) = conn.execute("SELECT count(*) FROM fhir_resources").fetchone()
+    assert rows > 0

@@ -144,31 +144,98 @@ async def run_worker(settings: Settings, *, over_http: bool, concurrency: int, c
         services.close()
 
 
-async def run_task_now(settings: Settings, name: str, payload: dict[str, Any], *, wait: bool) -> dict[str, Any]:
-    """``tasks run``: enqueue a forced run and, with ``wait``, deliver it in-process (unless another dispatcher
-    claims it first, then wait for that one) and report the ledger outcome."""
-    prepare(settings, migrate=True)
-    services = build_services(settings)
-    app = create_app(settings, services=services)
-    dispatcher = build_dispatcher(app, services, cron=False, concurrency=1)
-    try:
-        receipt = await asyncio.to_thread(services.local_enqueuer.enqueue_manual, name, payload)
+class TaskDriver:
+    """Runs tasks now, through the local queue and dispatcher (``tasks run``, ``fhir sweep``): each run is enqueued
+    with its own run key and delivered in-process — unless another dispatcher claims it first, then this waits."""
+
+    def __init__(self, settings: Settings) -> None:
+        prepare(settings, migrate=True)
+        self.services = build_services(settings)
+        self.app = create_app(settings, services=self.services)
+        self.dispatcher = build_dispatcher(self.app, self.services, cron=False, concurrency=1)
+
+    async def run(
+        self, name: str, payload: dict[str, Any], *, wait: bool = True, timeout_s: float = 3600
+    ) -> dict[str, Any]:
+        receipt = await asyncio.to_thread(self.services.local_enqueuer.enqueue_manual, name, payload)
         item_id = int(receipt.message_id or 0)
-        answer: dict[str, Any] = {"task": name, "run_key": receipt.dedup_key, "queue_item": item_id, "status": "queued"}
         if not wait:
-            return answer
-        deadline = asyncio.get_running_loop().time() + 3600
-        while asyncio.get_running_loop().time() < deadline:
-            state = await dispatcher.run_item(item_id)
+            return {"task": name, "run_key": receipt.dedup_key, "queue_item": item_id, "status": "queued"}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            state = await self.dispatcher.run_item(item_id)
             if state is None:
-                state = await asyncio.to_thread(_queue_status, services, item_id)
+                state = await asyncio.to_thread(_queue_status, self.services, item_id)
             if state != "running":  # done, dead, or queued again for a later retry
                 break
             await asyncio.sleep(0.2)
-        return await asyncio.to_thread(_run_report, services, receipt.dedup_key, item_id)
+        return await asyncio.to_thread(_run_report, self.services, receipt.dedup_key, item_id)
+
+    async def aclose(self) -> None:
+        await self.dispatcher.deliverer.aclose()
+        self.services.close()
+
+
+async def run_task_now(settings: Settings, name: str, payload: dict[str, Any], *, wait: bool) -> dict[str, Any]:
+    driver = TaskDriver(settings)
+    try:
+        return await driver.run(name, payload, wait=wait)
     finally:
-        await dispatcher.deliverer.aclose()
-        services.close()
+        await driver.aclose()
+
+
+async def run_fhir_sweep(
+    settings: Settings,
+    *,
+    dry_run: bool,
+    case_id: str | None,
+    limit: int,
+    on_plan: Any = None,
+    on_case: Any = None,
+) -> dict[str, Any]:
+    """``fhir sweep``: one ``fhir-sweep`` task per case, each through the dispatcher, reporting progress per case.
+
+    ``on_plan(cases)`` receives ``[(case_id, candidates)]`` before work starts; ``on_case(case_id, report)`` after
+    each case. A dry run is one task that lists the candidates and writes nothing."""
+    from curaway.repositories.documents import candidate_case_ids
+
+    driver = TaskDriver(settings)
+    try:
+        if dry_run:
+            payload: dict[str, Any] = {"dry_run": True, "limit": limit}
+            if case_id:
+                payload["case_id"] = case_id
+            report = await driver.run("fhir-sweep", payload)
+            return {"dry_run": True, "status": report["status"], **(report.get("result") or {})}
+        if case_id:
+            cases = [(case_id, limit)]
+        else:
+            with transaction(driver.services.session_factory) as session:
+                cases = candidate_case_ids(session, now=driver.services.clock.now(), limit=limit, attempt_budget=3)
+        if on_plan:
+            on_plan(cases)
+        totals = {"processed_count": 0, "failed_count": 0, "deferred_count": 0, "skipped_count": 0}
+        per_case = []
+        for cid, _ in cases:
+            report = await driver.run("fhir-sweep", {"case_id": cid, "limit": limit, "fan_out": False})
+            result = report.get("result") or {}
+            for key in totals:
+                totals[key] += int(result.get(key) or 0)
+            per_case.append(
+                {
+                    "case_id": cid,
+                    "status": report["status"],
+                    "run_key": report["run_key"],
+                    **{k: result.get(k) for k in totals},
+                    "error": report.get("error"),
+                }
+            )
+            if on_case:
+                on_case(cid, report)
+        return {"dry_run": False, **totals, "cases": per_case}
+    finally:
+        await driver.aclose()
 
 
 def _queue_status(services: Services, item_id: int) -> str | None:
@@ -203,6 +270,7 @@ def _run_report(services: Services, run_key: str, item_id: int) -> dict[str, Any
 
 
 def load_demo_data(settings: Settings) -> DemoSummary:
+    prepare(settings, migrate=True)
     engine = create_db_engine(settings.resolved_database_url)
     try:
         with transaction(create_session_factory(engine)) as session:

@@ -264,6 +264,63 @@ def tasks_run(
         raise typer.Exit(1)
 
 
+@fhir_app.command("sweep")
+def fhir_sweep(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List candidates; write nothing.")] = False,
+    case_id: Annotated[str | None, typer.Option("--case-id", help="Only this case.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many documents/cases.")] = 100,
+    as_json: JsonFlag = False,
+) -> None:
+    """Backfill FHIR resources for extracted documents that lack them (one task per case, with progress)."""
+    import asyncio
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from curaway.api.bootstrap import run_fhir_sweep
+
+    settings = _settings()
+    if settings.dispatch_backend != "local":
+        _fail(f"fhir sweep needs the local backend (CURAWAY_DISPATCH_BACKEND={settings.dispatch_backend})")
+    progress = Progress(
+        TextColumn("[bold]FHIR sweep"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("documents"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=dry_run,
+    )
+    bar: dict[str, Any] = {}
+
+    def on_plan(cases: list[tuple[str, int]]) -> None:
+        bar["total"] = dict(cases)
+        bar["task"] = progress.add_task("sweep", total=sum(n for _, n in cases) or 1)
+
+    def on_case(case_id: str, report: dict[str, Any]) -> None:
+        progress.advance(bar["task"], bar["total"].get(case_id, 0))
+
+    with progress:
+        summary = asyncio.run(
+            run_fhir_sweep(settings, dry_run=dry_run, case_id=case_id, limit=limit, on_plan=on_plan, on_case=on_case)
+        )
+
+    def render(d: dict[str, Any]) -> None:
+        if d["dry_run"]:
+            for c in d.get("candidates", []):
+                typer.echo(f"would extract {c['document_id']} (case {c['case_id']}, attempts {c['attempts']})")
+            typer.echo(f"{d.get('candidate_count', 0)} candidate(s); nothing written")
+            return
+        typer.echo(
+            f"processed {d['processed_count']}, failed {d['failed_count']}, deferred {d['deferred_count']} "
+            f"across {len(d['cases'])} case(s)"
+        )
+
+    _emit(summary, as_json, render)
+    if summary.get("failed_count") or summary.get("status") in {"dead", "failed"}:
+        raise typer.Exit(1)
+
+
 @dlq_app.command("list")
 def dlq_list(
     as_json: JsonFlag = False,
