@@ -50,6 +50,50 @@ class RunnerConfig:
     owner_prefix: str = field(default_factory=lambda: f"w-{secrets.token_hex(4)}")
 
 
+class LeaseKeeper:
+    """One background thread keeps every running key's ledger lease alive (a beat every ``lease_s / 3``), so a
+    crashed process's runs can be taken over once its leases lapse, and a long run is never taken over early."""
+
+    def __init__(self, *, session_factory: SessionFactory, clock: Clock, lease_s: float) -> None:
+        self.session_factory = session_factory
+        self.clock = clock
+        self.lease_s = lease_s
+        self._held: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, run_key: str, owner: str) -> None:
+        with self._lock:
+            self._held[run_key] = owner
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="curaway-leases", daemon=True)
+                self._thread.start()
+
+    def release(self, run_key: str) -> None:
+        with self._lock:
+            self._held.pop(run_key, None)
+
+    def _loop(self) -> None:
+        interval = max(0.05, self.lease_s / 3)
+        while True:
+            self._wake.wait(interval)
+            with self._lock:
+                held = dict(self._held)
+                if not held:
+                    self._thread = None
+                    return
+            try:
+                with transaction(self.session_factory) as session:
+                    for run_key, owner in held.items():
+                        if not ledger.heartbeat(
+                            session, run_key=run_key, owner=owner, now=self.clock.now(), lease_s=self.lease_s
+                        ):
+                            log.warning("task.lease_lost", run_key=run_key)
+            except Exception as exc:  # noqa: BLE001 - a missed beat is retried at the next interval
+                log.warning("task.heartbeat_failed", error_class=type(exc).__name__)
+
+
 class TaskRunner:
     def __init__(
         self,
@@ -71,6 +115,7 @@ class TaskRunner:
         self.handlers = handlers
         self.config = config or RunnerConfig()
         self._observe = observe or (lambda task, outcome, seconds: None)
+        self._leases = LeaseKeeper(session_factory=session_factory, clock=clock, lease_s=self.config.lease_s)
 
     # ------------------------------------------------------------------------------------------------------
     def execute(self, spec: TaskSpec, payload: dict[str, Any], delivery: Delivery, caller: Caller) -> Outcome:
@@ -139,9 +184,7 @@ class TaskRunner:
         )
         bound.info("task.started", attempt=retry_count, final_attempt=final)
         started = time.monotonic()
-        stop = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(run_key, owner, stop), daemon=True)
-        beat.start()
+        self._leases.hold(run_key, owner)
         try:
             result = handler(ctx, payload)
         except PermanentError as exc:
@@ -177,24 +220,10 @@ class TaskRunner:
                 retry_after_s=None,
             )
         finally:
-            stop.set()
-            beat.join(timeout=5)
+            self._leases.release(run_key)
         return self._succeeded(spec, run_key, owner, result, bound, started)
 
     # ------------------------------------------------------------------------------------------------------
-    def _heartbeat(self, run_key: str, owner: str, stop: threading.Event) -> None:
-        interval = max(0.05, self.config.lease_s / 3)
-        while not stop.wait(interval):
-            try:
-                with transaction(self.session_factory) as session:
-                    alive = ledger.heartbeat(
-                        session, run_key=run_key, owner=owner, now=self.clock.now(), lease_s=self.config.lease_s
-                    )
-                if not alive:
-                    log.warning("task.lease_lost", run_key=run_key)
-                    return
-            except Exception as exc:  # noqa: BLE001 - a missed beat is retried at the next interval
-                log.warning("task.heartbeat_failed", run_key=run_key, error_class=type(exc).__name__)
 
     @staticmethod
     def _body(spec: TaskSpec, run_key: str, status: str, result: Any) -> dict[str, Any]:
