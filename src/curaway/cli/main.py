@@ -87,7 +87,7 @@ def serve(
     prepare(settings, migrate=not no_migrate)
     application = build_app(settings, dispatcher=not no_dispatcher)
     typer.echo(
-        f"curaway {settings.env} on http://{host}:{port}  (health: /healthz, ops: /ops, API docs: /docs)",
+        f"curaway {settings.env} on http://{host}:{port}  (health: /healthz, ready: /readyz, API docs: /docs)",
         err=True,
     )
     uvicorn.run(application, host=host, port=port, log_config=None, access_log=False, lifespan="on")
@@ -148,30 +148,11 @@ def schedules_list(as_json: JsonFlag = False, count: Annotated[int, typer.Option
         from rich.table import Table
 
         table = Table(title="Schedules (UTC)")
-        for col in (
-            "name",
-            "cron",
-            "next",
-            "queue",
-            "retries",
-            "catch_up",
-            "overlap",
-            "freshness_slo",
-            "purpose",
-        ):
-            table.add_column(col)
+        for col in ("name", "cron", "next", "retries", "catch-up", "overlap", "SLO"):
+            table.add_column(col, no_wrap=True)
         for r in data:
-            table.add_row(
-                r["name"],
-                r["cron"],
-                ", ".join(r["next"]),
-                r["queue"],
-                str(r["retries"]),
-                r["catch_up"],
-                r["overlap"],
-                r["freshness_slo"] or "-",
-                r["purpose"],
-            )
+            row = (r["name"], r["cron"], ", ".join(r["next"]), str(r["retries"]), r["catch_up"], r["overlap"])
+            table.add_row(*row, r["freshness_slo"] or "-")
         Console().print(table)
 
     _emit(rows, as_json, render)
