@@ -280,3 +280,16 @@ def test_readyz_reports_exchange_rate_staleness(runtime):
     assert (rates["status"], rates["quotes"], rates["latest_date"]) == ("ok", 1, "2026-12-03")
     runtime.clock.advance(hours=27)
     assert runtime.client.get("/readyz").json()["checks"]["exchange_rates"]["status"] == "stale"
+
+
+def test_rejections_are_logged_with_a_reason_and_never_the_credential(runtime):
+    from structlog.testing import capture_logs
+
+    token = qstash_token("wrong-key-" + "w" * 32, url=PUBLIC_URL + TASK, body=b"{}", now=NOW)
+    with capture_logs() as logs:
+        r = runtime.post(TASK, secret=False, content=b"{}", headers={"Upstash-Signature": token})
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "unauthenticated"
+    rejected = [e for e in logs if e["event"] == "internal_auth.rejected"]
+    assert rejected and rejected[0]["reason"] == "qstash_bad_signature"
+    assert token not in repr(logs) and token not in r.text
