@@ -28,7 +28,7 @@ from curaway.errors import NotFoundError
 from curaway.logging import get_logger
 from curaway.models import QueuedTask
 from curaway.repositories import queue as queue_repo
-from curaway.repositories.runtime import advance_last_slot, record_dead_letter, schedule_states
+from curaway.repositories.runtime import advance_last_slot, record_dead_letter, scalar_references, schedule_states
 from curaway.schedules import SCHEDULES, CatchUp, Schedule, get_task, latest_slot, slot_key, slots_between
 from curaway.schedules.slots import format_slot
 from curaway.settings import Settings
@@ -308,7 +308,7 @@ class LocalDispatcher:
                     session,
                     task=item.task,
                     run_key=run_key,
-                    payload=_scalars(item.payload),
+                    payload=scalar_references(item.payload),
                     source="local",
                     attempts=item.attempts,
                     last_status=code,
@@ -408,9 +408,3 @@ class LocalDispatcher:
 
     def stop(self) -> None:
         self._stopping.set()
-
-
-def _scalars(payload: Any) -> dict[str, Any]:
-    if not isinstance(payload, dict):
-        return {}
-    return {k: v for k, v in payload.items() if isinstance(v, str | int | float | bool) or v is None}

@@ -25,7 +25,7 @@ from curaway.errors import CurawayError, PermanentError, RetryableError
 from curaway.integrations import Integrations
 from curaway.logging import get_logger
 from curaway.repositories import ledger
-from curaway.repositories.runtime import record_dead_letter
+from curaway.repositories.runtime import record_dead_letter, scalar_references
 from curaway.schedules import TaskSpec
 from curaway.settings import Settings
 from curaway.tasks.base import Enqueuer, Handler, Result, TaskContext
@@ -183,163 +183,105 @@ class TaskRunner:
             trigger=delivery.trigger,
         )
         bound.info("task.started", attempt=retry_count, final_attempt=final)
-        started = time.monotonic()
+        run = _Run(spec, payload, delivery, run_key, owner, attempts, final, bound, time.monotonic())
         self._leases.hold(run_key, owner)
         try:
             result = handler(ctx, payload)
         except PermanentError as exc:
-            return self._dead(spec, payload, delivery, run_key, owner, attempts, exc, bound, started)
+            return self._dead(run, exc)
         except RetryableError as exc:
-            return self._retryable(
-                spec,
-                payload,
-                delivery,
-                run_key,
-                owner,
-                attempts,
-                final,
-                exc,
-                bound,
-                started,
-                status=503,
-                retry_after_s=exc.retry_after_s,
-            )
+            return self._failed(run, exc, status=503, retry_after_s=exc.retry_after_s)
         except Exception as exc:  # noqa: BLE001 - any unexpected failure is retryable; class only, no message
-            return self._retryable(
-                spec,
-                payload,
-                delivery,
-                run_key,
-                owner,
-                attempts,
-                final,
-                exc,
-                bound,
-                started,
-                status=500,
-                retry_after_s=None,
-            )
+            return self._failed(run, exc, status=500, retry_after_s=None)
         finally:
             self._leases.release(run_key)
-        return self._succeeded(spec, run_key, owner, result, bound, started)
+        return self._succeeded(run, result)
 
     # ------------------------------------------------------------------------------------------------------
-
     @staticmethod
     def _body(spec: TaskSpec, run_key: str, status: str, result: Any) -> dict[str, Any]:
         return {"task": spec.name, "run_key": run_key, "status": status, "result": result}
 
-    def _succeeded(
-        self, spec: TaskSpec, run_key: str, owner: str, result: Result, bound: Any, started: float
-    ) -> Outcome:
+    def _succeeded(self, run: _Run, result: Result) -> Outcome:
         status = "skipped" if result.status == "skipped" else "succeeded"
         with transaction(self.session_factory) as session:
             owned = ledger.finish(
-                session, run_key=run_key, owner=owner, now=self.clock.now(), status=status, result=result.data
+                session, run_key=run.run_key, owner=run.owner, now=self.clock.now(), status=status, result=result.data
             )
-        seconds = time.monotonic() - started
+        seconds = time.monotonic() - run.started
         if not owned:
-            bound.warning("task.finished_without_lease")
-        bound.info("task.succeeded" if status == "succeeded" else "task.skipped", duration_s=round(seconds, 3))
-        self._observe(spec.name, status, seconds)
-        return Outcome(200, self._body(spec, run_key, status, result.data))
+            run.log.warning("task.finished_without_lease")
+        run.log.info("task.succeeded" if status == "succeeded" else "task.skipped", duration_s=round(seconds, 3))
+        self._observe(run.spec.name, status, seconds)
+        return Outcome(200, self._body(run.spec, run.run_key, status, result.data))
 
-    def _dead(
-        self,
-        spec: TaskSpec,
-        payload: dict[str, Any],
-        delivery: Delivery,
-        run_key: str,
-        owner: str,
-        attempts: int,
-        exc: CurawayError,
-        bound: Any,
-        started: float,
-    ) -> Outcome:
-        error_class = type(exc).__name__
+    def _close_failed(self, run: _Run, exc: Exception, *, dead: bool, last_status: int | None) -> int | None:
+        """Record the failure on the ledger and, when it is the end of the line, the dead letter (one transaction)."""
+        code = exc.code if isinstance(exc, CurawayError) else "unexpected"
         with transaction(self.session_factory) as session:
             ledger.finish(
                 session,
-                run_key=run_key,
-                owner=owner,
+                run_key=run.run_key,
+                owner=run.owner,
                 now=self.clock.now(),
-                status="dead",
-                error_class=error_class,
-                error_code=exc.code,
+                status="dead" if dead else "failed",
+                error_class=type(exc).__name__,
+                error_code=code,
             )
-            letter = record_dead_letter(
+            if not dead:
+                return None
+            return record_dead_letter(
                 session,
-                task=spec.name,
-                run_key=run_key,
-                payload=_references(payload),
-                source=delivery.trigger,
-                attempts=attempts,
-                last_status=None,
-                error_class=error_class,
-                error_code=exc.code,
-            )
-            letter_id = letter.id
-        bound.warning("task.dead_lettered", error_class=error_class, error_code=exc.code, dead_letter_id=letter_id)
-        self._observe(spec.name, "dead_lettered", time.monotonic() - started)
-        body = self._body(spec, run_key, "dead_lettered", None)
+                task=run.spec.name,
+                run_key=run.run_key,
+                payload=scalar_references(run.payload),
+                source=run.delivery.trigger,
+                attempts=run.attempts,
+                last_status=last_status,
+                error_class=type(exc).__name__,
+                error_code=code,
+            ).id
+
+    def _dead(self, run: _Run, exc: PermanentError) -> Outcome:
+        letter_id = self._close_failed(run, exc, dead=True, last_status=None)
+        run.log.warning(
+            "task.dead_lettered", error_class=type(exc).__name__, error_code=exc.code, dead_letter_id=letter_id
+        )
+        self._observe(run.spec.name, "dead_lettered", time.monotonic() - run.started)
+        body = self._body(run.spec, run.run_key, "dead_lettered", None)
         body["error"] = {"code": exc.code, "message": exc.message, "dead_letter_id": letter_id}
-        if delivery.trigger == "qstash":
+        if run.delivery.trigger == "qstash":
             return Outcome(489, body, headers={"Upstash-NonRetryable-Error": "true"})
         return Outcome(200, body)
 
-    def _retryable(
-        self,
-        spec: TaskSpec,
-        payload: dict[str, Any],
-        delivery: Delivery,
-        run_key: str,
-        owner: str,
-        attempts: int,
-        final: bool,
-        exc: Exception,
-        bound: Any,
-        started: float,
-        *,
-        status: int,
-        retry_after_s: float | None,
-    ) -> Outcome:
-        error_class = type(exc).__name__
+    def _failed(self, run: _Run, exc: Exception, *, status: int, retry_after_s: float | None) -> Outcome:
         code = exc.code if isinstance(exc, CurawayError) else "unexpected"
-        letter_id = None
-        with transaction(self.session_factory) as session:
-            ledger.finish(
-                session,
-                run_key=run_key,
-                owner=owner,
-                now=self.clock.now(),
-                status="dead" if final else "failed",
-                error_class=error_class,
-                error_code=code,
-            )
-            if final:
-                letter_id = record_dead_letter(
-                    session,
-                    task=spec.name,
-                    run_key=run_key,
-                    payload=_references(payload),
-                    source=delivery.trigger,
-                    attempts=attempts,
-                    last_status=status,
-                    error_class=error_class,
-                    error_code=code,
-                ).id
-        seconds = time.monotonic() - started
-        bound.warning(
-            "task.failed", error_class=error_class, error_code=code, final_attempt=final, dead_letter_id=letter_id
+        letter_id = self._close_failed(run, exc, dead=run.final, last_status=status)
+        run.log.warning(
+            "task.failed",
+            error_class=type(exc).__name__,
+            error_code=code,
+            final_attempt=run.final,
+            dead_letter_id=letter_id,
         )
-        self._observe(spec.name, "dead_lettered" if final else "failed", seconds)
-        body = self._body(spec, run_key, "failed", None)
+        self._observe(run.spec.name, "dead_lettered" if run.final else "failed", time.monotonic() - run.started)
+        body = self._body(run.spec, run.run_key, "failed", None)
         message = exc.message if isinstance(exc, CurawayError) else "unexpected error"
-        body["error"] = {"code": code, "message": message, "final_attempt": final, "dead_letter_id": letter_id}
+        body["error"] = {"code": code, "message": message, "final_attempt": run.final, "dead_letter_id": letter_id}
         retry_after = int(retry_after_s) if retry_after_s else DEFAULT_RETRY_AFTER_S
         return Outcome(status, body, headers={"Retry-After": str(max(1, retry_after))})
 
 
-def _references(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """Payloads carry ids by contract; keep scalars only so nothing large or nested lands in the DLQ."""
-    return {k: v for k, v in payload.items() if isinstance(v, str | int | float | bool) or v is None}
+@dataclass(frozen=True)
+class _Run:
+    """One claimed run, as the outcome paths need it."""
+
+    spec: TaskSpec
+    payload: dict[str, Any]
+    delivery: Delivery
+    run_key: str
+    owner: str
+    attempts: int
+    final: bool
+    log: Any
+    started: float

@@ -12,6 +12,13 @@ from curaway.db import rowcount
 from curaway.models import DeadLetter, ScheduleState
 
 
+def scalar_references(payload: Any) -> dict[str, Any]:
+    """Task payloads carry ids by contract; keep scalars only so nothing large or nested lands in the DLQ."""
+    if not isinstance(payload, dict):
+        return {}
+    return {k: v for k, v in payload.items() if isinstance(v, str | int | float | bool) or v is None}
+
+
 def record_dead_letter(
     session: Session,
     *,
