@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -36,9 +36,13 @@ class RoleGrant:
     is_active: bool
 
 
+_TENANT_FOR_ORG = select(TenantOrgMapping.tenant_id).where(TenantOrgMapping.clerk_org_id == bindparam("org_id"))
+
+
 def tenant_for_org(session: Session, clerk_org_id: str) -> str | None:
     """The tenant mapped to a Clerk organisation id, or ``None`` when the org is unmapped."""
-    return session.scalar(select(TenantOrgMapping.tenant_id).where(TenantOrgMapping.clerk_org_id == clerk_org_id))
+    tenant_id: str | None = session.connection().execute(_TENANT_FOR_ORG, {"org_id": clerk_org_id}).scalar()
+    return tenant_id
 
 
 def auto_role(session: Session, *, user_id: str, tenant_id: str, for_update: bool = False) -> UserRole | None:
@@ -129,6 +133,20 @@ def ensure_auto_role(
     raise RuntimeError("auto role row vanished between insert and re-read")  # pragma: no cover - needs a delete race
 
 
+_DEACTIVATE_ALL = (
+    update(UserRole)
+    .where(
+        UserRole.user_id == bindparam("b_user_id"),
+        UserRole.granted_by == AUTO_GRANTOR,
+        UserRole.is_active.is_(True),
+        UserRole.updated_at <= bindparam("b_occurred_at"),
+    )
+    .values(is_active=False, updated_at=bindparam("b_now"))
+    .execution_options(synchronize_session=False)
+)
+_DEACTIVATE_IN_TENANT = _DEACTIVATE_ALL.where(UserRole.tenant_id == bindparam("b_tenant_id"))
+
+
 def deactivate_auto_roles(
     session: Session, *, user_id: str, tenant_id: str | None, occurred_at: datetime, now: datetime
 ) -> int:
@@ -137,20 +155,13 @@ def deactivate_auto_roles(
     Limited to one tenant unless ``tenant_id`` is ``None`` (user deleted). Rows changed after ``occurred_at`` (a user
     re-added after the removal) stay active. Manual rows are never touched. Returns the number of rows deactivated.
     """
-    stmt = (
-        update(UserRole)
-        .where(
-            UserRole.user_id == user_id,
-            UserRole.granted_by == AUTO_GRANTOR,
-            UserRole.is_active.is_(True),
-            UserRole.updated_at <= occurred_at,
+    if tenant_id is None:
+        result = session.connection().execute(
+            _DEACTIVATE_ALL, {"b_user_id": user_id, "b_occurred_at": occurred_at, "b_now": now}
         )
-        .values(is_active=False, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    if tenant_id is not None:
-        stmt = stmt.where(UserRole.tenant_id == tenant_id)
-    result = session.execute(stmt)
+    else:
+        params = {"b_user_id": user_id, "b_tenant_id": tenant_id, "b_occurred_at": occurred_at, "b_now": now}
+        result = session.connection().execute(_DEACTIVATE_IN_TENANT, params)
     return int(getattr(result, "rowcount", 0) or 0)
 
 

@@ -16,8 +16,11 @@ answered with the stored result and ``"status":"duplicate"`` and changes nothing
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,7 +38,7 @@ from curaway.repositories.identity import (
     tenant_for_org,
 )
 from curaway.repositories.runtime import record_dead_letter
-from curaway.repositories.webhooks import claim_inbox, complete_inbox
+from curaway.repositories.webhooks import find_inbox, record_inbox
 from curaway.webhooks.svix import VerifiedWebhook
 
 log = get_logger("curaway.webhooks.clerk")
@@ -133,9 +136,9 @@ def _data(model: type[_Model], envelope: Envelope) -> Any:
         raise SchemaInvalid("schema_invalid", _fields(exc, "data.")) from exc
 
 
-# -- handlers ---------------------------------------------------------------------------------------------------
+# -- handlers: parse first (pure, may raise SchemaInvalid), then apply (writes) -----------------------------------
 
-Handler = Callable[[Session, Envelope, datetime, datetime], tuple[str, dict[str, Any]]]
+Apply = Callable[[Session, datetime], tuple[str, dict[str, Any]]]
 
 
 def _occurred_at(envelope: Envelope, fallback: datetime, updated_at_ms: int | None = None) -> datetime:
@@ -146,122 +149,182 @@ def _occurred_at(envelope: Envelope, fallback: datetime, updated_at_ms: int | No
     return fallback
 
 
-def _membership_deleted(
-    session: Session, envelope: Envelope, sent_at: datetime, now: datetime
-) -> tuple[str, dict[str, Any]]:
+def _unmapped(org_id: str, user_id: str) -> tuple[str, dict[str, Any]]:
+    log.warning("webhook.unmapped_org", source=SOURCE, org_id=org_id, user_id=user_id)
+    return "ignored", {"event": "ignored", "reason": "unmapped_org"}
+
+
+def _membership_deleted(envelope: Envelope, sent_at: datetime) -> Apply:
     data: MembershipData = _data(MembershipData, envelope)
     org_id, user_id = data.organization.id, data.public_user_data.user_id
-    tenant_id = tenant_for_org(session, org_id)
-    if tenant_id is None:
-        log.warning("webhook.unmapped_org", source=SOURCE, org_id=org_id, user_id=user_id)
-        return "ignored", {"event": "ignored", "reason": "unmapped_org"}
     occurred_at = _occurred_at(envelope, sent_at, data.updated_at)
-    count = deactivate_auto_roles(session, user_id=user_id, tenant_id=tenant_id, occurred_at=occurred_at, now=now)
-    log.info("clerk.membership_deleted", user_id=user_id, tenant_id=tenant_id, count=count)
-    return "deactivated", {"event": "deactivated", "count": count}
+
+    def apply(session: Session, now: datetime) -> tuple[str, dict[str, Any]]:
+        tenant_id = tenant_for_org(session, org_id)
+        if tenant_id is None:
+            return _unmapped(org_id, user_id)
+        count = deactivate_auto_roles(session, user_id=user_id, tenant_id=tenant_id, occurred_at=occurred_at, now=now)
+        return "deactivated", {"event": "deactivated", "count": count}
+
+    return apply
 
 
-def _membership_upsert(create: bool) -> Handler:
-    def handle(session: Session, envelope: Envelope, sent_at: datetime, now: datetime) -> tuple[str, dict[str, Any]]:
+def _membership_upsert(create: bool) -> Callable[[Envelope, datetime], Apply]:
+    def parse(envelope: Envelope, sent_at: datetime) -> Apply:
         data: MembershipData = _data(MembershipData, envelope)
         if data.role is None:
             raise SchemaInvalid("schema_invalid", ["data.role"])
+        role = data.role
         org_id, user_id = data.organization.id, data.public_user_data.user_id
-        tenant_id = tenant_for_org(session, org_id)
-        if tenant_id is None:
-            log.warning("webhook.unmapped_org", source=SOURCE, org_id=org_id, user_id=user_id)
-            return "ignored", {"event": "ignored", "reason": "unmapped_org"}
-        grant = ensure_auto_role(
-            session,
-            user_id=user_id,
-            tenant_id=tenant_id,
-            role=data.role,
-            membership_seen_at=_occurred_at(envelope, sent_at, data.updated_at),
-            now=now,
-            create=create,
-        )
-        if grant is None:
-            return "ignored", {"event": "ignored", "reason": "no_auto_role"}
-        changed = grant.outcome in {"granted", "reactivated", "role_changed"}
-        log.info("clerk.membership_applied", user_id=user_id, tenant_id=tenant_id, status=grant.outcome)
-        event = "activated" if create else "updated"
-        return event, {"event": event, "count": int(changed), "outcome": grant.outcome}
+        seen_at = _occurred_at(envelope, sent_at, data.updated_at)
 
-    return handle
+        def apply(session: Session, now: datetime) -> tuple[str, dict[str, Any]]:
+            tenant_id = tenant_for_org(session, org_id)
+            if tenant_id is None:
+                return _unmapped(org_id, user_id)
+            grant = ensure_auto_role(
+                session,
+                user_id=user_id,
+                tenant_id=tenant_id,
+                role=role,
+                membership_seen_at=seen_at,
+                now=now,
+                create=create,
+            )
+            if grant is None:
+                return "ignored", {"event": "ignored", "reason": "no_auto_role"}
+            changed = grant.outcome in {"granted", "reactivated", "role_changed"}
+            event = "activated" if create else "updated"
+            return event, {"event": event, "count": int(changed), "outcome": grant.outcome}
+
+        return apply
+
+    return parse
 
 
-def _user_deleted(session: Session, envelope: Envelope, sent_at: datetime, now: datetime) -> tuple[str, dict[str, Any]]:
+def _user_deleted(envelope: Envelope, sent_at: datetime) -> Apply:
     data: UserDeletedData = _data(UserDeletedData, envelope)
     occurred_at = _occurred_at(envelope, sent_at)
-    count = deactivate_auto_roles(session, user_id=data.id, tenant_id=None, occurred_at=occurred_at, now=now)
-    mark_user_deleted(session, user_id=data.id, occurred_at=occurred_at)
-    log.info("clerk.user_deleted", user_id=data.id, count=count)
-    return "deactivated", {"event": "deactivated", "count": count}
+
+    def apply(session: Session, now: datetime) -> tuple[str, dict[str, Any]]:
+        count = deactivate_auto_roles(session, user_id=data.id, tenant_id=None, occurred_at=occurred_at, now=now)
+        mark_user_deleted(session, user_id=data.id, occurred_at=occurred_at)
+        return "deactivated", {"event": "deactivated", "count": count}
+
+    return apply
 
 
-HANDLERS: dict[str, Handler] = {
+def _ignore(envelope: Envelope, sent_at: datetime) -> Apply:
+    def apply(session: Session, now: datetime) -> tuple[str, dict[str, Any]]:
+        return "ignored", {"event": "ignored", "reason": "unhandled_event_type"}
+
+    return apply
+
+
+HANDLERS: dict[str, Callable[[Envelope, datetime], Apply]] = {
     "organizationMembership.deleted": _membership_deleted,
     "organizationMembership.created": _membership_upsert(create=True),
     "organizationMembership.updated": _membership_upsert(create=False),
     "user.deleted": _user_deleted,
 }
 
+_PROCESSED = {"deactivated", "activated", "updated"}
+
 
 # -- the delivery -----------------------------------------------------------------------------------------------
 
 
+_SQLITE_WRITERS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_SQLITE_WRITERS_GUARD = threading.Lock()
+
+
+def _writer_slot(session_factory: SessionFactory) -> contextlib.AbstractContextManager[Any]:
+    """SQLite has one writer: queue this process's deliveries on a lock instead of SQLite's sleeping busy handler
+    (which backs off 1, 2, 5, 10 ms… while the holder needs well under a millisecond). Postgres: no lock."""
+    engine = session_factory.kw.get("bind")
+    if engine is None or engine.dialect.name != "sqlite":
+        return contextlib.nullcontext()
+    with _SQLITE_WRITERS_GUARD:
+        lock = _SQLITE_WRITERS.get(engine)
+        if lock is None:
+            lock = _SQLITE_WRITERS[engine] = threading.Lock()
+    return lock
+
+
+class _Duplicate(Exception):
+    """The inbox already holds this id: roll the transaction (and its effects) back."""
+
+
 def handle_clerk_delivery(session_factory: SessionFactory, delivery: VerifiedWebhook, *, now: datetime) -> ClerkOutcome:
-    """Apply one verified delivery exactly once (inbox dedup + effects + outcome in one transaction)."""
+    """Apply one verified delivery exactly once: effects + inbox row (with the outcome) in one transaction.
+
+    The payload is parsed and validated before any write, so a schema-invalid payload writes only its dead letter and
+    its inbox row. When the inbox insert finds the id already recorded (a redelivery, or a concurrent duplicate that
+    committed first) the transaction is rolled back and the stored result is answered with ``"status":"duplicate"``.
+    """
     svix_id = delivery.msg_id
-    envelope: Envelope | None = None
+    event_type: str | None = None
+    apply: Apply | None = None
     invalid: SchemaInvalid | None = None
     try:
         envelope = parse_envelope(delivery.body)
+        event_type = envelope.type
+        apply = HANDLERS.get(envelope.type, _ignore)(envelope, delivery.timestamp)
     except SchemaInvalid as exc:
         invalid = exc
-    event_type = envelope.type if envelope is not None else None
 
-    with transaction(session_factory) as session:
-        claim = claim_inbox(session, source=SOURCE, event_id=svix_id, event_type=event_type, received_at=now)
-        if claim.duplicate:
-            stored = dict(claim.row.result or {"event": claim.row.outcome})
-            log.info("webhook.duplicate", source=SOURCE, svix_id=svix_id, event_type=claim.row.event_type)
-            return ClerkOutcome(
-                body={**stored, "status": "duplicate"},
-                event_type=metric_event_type(claim.row.event_type),
-                outcome="duplicate",
-            )
-        outcome, body = "ignored", {"event": "ignored", "reason": "unhandled_event_type"}
-        if envelope is not None:
-            handler = HANDLERS.get(envelope.type)
-            if handler is not None:
-                try:
-                    with session.begin_nested():  # a schema error midway leaves no partial write
-                        outcome, body = handler(session, envelope, delivery.timestamp, now)
-                except SchemaInvalid as exc:
-                    invalid = exc
-        if invalid is not None:
-            record_dead_letter(
+    try:
+        with _writer_slot(session_factory), transaction(session_factory) as session:
+            if apply is not None:
+                outcome, body = apply(session, now)
+            else:
+                assert invalid is not None
+                record_dead_letter(
+                    session,
+                    task=DEAD_LETTER_TASK,
+                    run_key=f"{SOURCE}:{svix_id}",
+                    payload={"svix_id": svix_id, "event_type": event_type, "fields": invalid.fields},
+                    source=SOURCE,
+                    attempts=1,
+                    last_status=200,
+                    error_class="ValidationFailed",
+                    error_code=invalid.code,
+                )
+                outcome, body = "dead_lettered", {"event": "ignored", "status": "dead_lettered", "reason": invalid.code}
+            inserted = record_inbox(
                 session,
-                task=DEAD_LETTER_TASK,
-                run_key=f"{SOURCE}:{svix_id}",
-                payload={"svix_id": svix_id, "event_type": event_type, "fields": invalid.fields},
                 source=SOURCE,
-                attempts=1,
-                last_status=200,
-                error_class="ValidationFailed",
-                error_code=invalid.code,
+                event_id=svix_id,
+                event_type=event_type,
+                outcome=outcome,
+                result=body,
+                received_at=now,
             )
-            outcome, body = "dead_lettered", {"event": "ignored", "status": "dead_lettered", "reason": invalid.code}
-            log.warning(
-                "webhook.dead_lettered", source=SOURCE, svix_id=svix_id, event_type=event_type, reason=invalid.code
-            )
-        elif outcome == "ignored":
-            log.info("webhook.ignored", source=SOURCE, svix_id=svix_id, event_type=event_type, reason=body["reason"])
-        complete_inbox(session, claim.row, outcome=outcome, result=body, processed_at=now)
+            if not inserted:
+                raise _Duplicate
+    except _Duplicate:
+        with transaction(session_factory) as session:
+            row = find_inbox(session, source=SOURCE, event_id=svix_id)
+            stored_type = row.event_type if row is not None else event_type
+            stored = dict(row.result or {"event": row.outcome}) if row is not None else {"event": "unknown"}
+        log.info("webhook.duplicate", source=SOURCE, svix_id=svix_id, event_type=stored_type)
+        return ClerkOutcome(
+            body={**stored, "status": "duplicate"}, event_type=metric_event_type(stored_type), outcome="duplicate"
+        )
 
-    metric_outcome = {"deactivated": "processed", "activated": "processed", "updated": "processed"}.get(
-        outcome, outcome
+    if outcome == "dead_lettered":
+        log.warning(
+            "webhook.dead_lettered", source=SOURCE, svix_id=svix_id, event_type=event_type, reason=body["reason"]
+        )
+    log.info(
+        "webhook.processed",
+        source=SOURCE,
+        svix_id=svix_id,
+        event_type=event_type,
+        status=outcome,
+        count=body.get("count"),
+        reason=body.get("reason"),
     )
-    log.info("webhook.processed", source=SOURCE, svix_id=svix_id, event_type=event_type, status=outcome)
-    return ClerkOutcome(body=body, event_type=metric_event_type(event_type), outcome=metric_outcome)
+    return ClerkOutcome(
+        body=body, event_type=metric_event_type(event_type), outcome="processed" if outcome in _PROCESSED else outcome
+    )
