@@ -16,7 +16,6 @@ exchange rates              ``exchange_rates (date, base, quote)``
 
 from __future__ import annotations
 
-import importlib
 import math
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -27,6 +26,7 @@ from curaway.integrations.rates import RatesClient, RatesInvalid, RatesSnapshot,
 from curaway.integrations.storage import Storage, build_storage
 from curaway.integrations.templates import render
 from curaway.repositories import crons as repo
+from curaway.repositories.webhooks import INBOX_RETENTION, prune_inbox
 from curaway.tasks.base import Result, TaskContext
 from curaway.tasks.cron_outbox import deliver_due
 
@@ -269,21 +269,11 @@ def stale_session_cleanup(ctx: TaskContext, payload: dict[str, Any]) -> Result:
     return Result(summary)
 
 
-WEBHOOK_INBOX_RETENTION = timedelta(days=7)  # Svix retries one id for ~28 h; DESIGN asks for ≥ 3 days
-
-
-def _prune_webhook_inbox(ctx: TaskContext) -> int | None:
-    """Prune processed webhook ids older than the retention, when the webhooks repository provides it."""
-    try:
-        webhook_repo = importlib.import_module("curaway.repositories.webhooks")
-    except ImportError:
-        return None
-    prune = getattr(webhook_repo, "prune_inbox", None)
-    if prune is None:
-        return None
+def _prune_webhook_inbox(ctx: TaskContext) -> int:
+    """Maintenance: forget processed webhook ids older than the inbox retention (≥ 3 days; Svix retries ~28 h)."""
     with ctx.transaction() as session:
         db_now = repo.database_now(session)
-        return int(prune(session, older_than=db_now - WEBHOOK_INBOX_RETENTION) or 0)
+        return prune_inbox(session, older_than=db_now - INBOX_RETENTION)
 
 
 # -- consent-expiry-check -----------------------------------------------------------------------------------

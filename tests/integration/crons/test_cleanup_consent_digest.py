@@ -290,3 +290,26 @@ def test_concurrent_digests_send_one_per_user(ctx_for, session_factory, email):
     assert sorted(email.recipients()) == ["a@staff.example", "b@staff.example"]
     assert _count(session_factory, EmailOutbox) == 2
     assert _count(session_factory, Notification, Notification.digested_at.is_not(None)) == 3
+
+
+def test_cleanup_prunes_webhook_ids_past_the_retention_by_the_database_clock(ctx_for, session_factory):
+    from curaway.models import WebhookInbox
+    from curaway.repositories.webhooks import INBOX_RETENTION
+
+    with transaction(session_factory) as s:
+        db_now = database_now(s)
+        for event_id, age in (("msg_old", INBOX_RETENTION + timedelta(hours=1)), ("msg_recent", timedelta(hours=26))):
+            s.add(
+                WebhookInbox(
+                    source="clerk",
+                    event_id=event_id,
+                    event_type="user.deleted",
+                    outcome="deactivated",
+                    received_at=db_now - age,
+                    processed_at=db_now - age,
+                )
+            )
+    result = stale_session_cleanup(ctx_for("stale-session-cleanup", storage=InMemoryStorage()), {})
+    assert result.data["webhook_inbox_pruned"] == 1
+    with transaction(session_factory) as s:
+        assert set(s.scalars(select(WebhookInbox.event_id))) == {"msg_recent"}  # a 26 h redelivery still dedups
