@@ -52,12 +52,15 @@ def create_db_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> En
             url,
             echo=echo,
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            hide_parameters=True,  # statement parameters can be PHI; never let them reach an error message
         )
         _configure_sqlite(engine)
         return engine
     if parsed.get_backend_name() != "postgresql":
         raise ConfigurationError("DATABASE_URL must be sqlite:/// or postgresql://")
-    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
+    return create_engine(
+        url, echo=echo, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size, hide_parameters=True
+    )
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -115,6 +115,7 @@ SHARED_PROCESSORS: list[Any] = [
     merge_contextvars,
     structlog.processors.add_log_level,
     structlog.processors.TimeStamper(fmt="iso", utc=True),
+    structlog.processors.format_exc_info,  # before redaction, so a rendered traceback is scrubbed too
     redact_processor,
 ]
 

@@ -157,7 +157,7 @@ class TaskDriver:
     async def run(
         self, name: str, payload: dict[str, Any], *, wait: bool = True, timeout_s: float = 3600
     ) -> dict[str, Any]:
-        receipt = await asyncio.to_thread(self.services.local_enqueuer.enqueue_manual, name, payload)
+        receipt = await asyncio.to_thread(self.services.local_enqueuer.enqueue, name, payload)
         item_id = int(receipt.message_id or 0)
         if not wait:
             return {"task": name, "run_key": receipt.dedup_key, "queue_item": item_id, "status": "queued"}

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -21,6 +21,7 @@ from curaway.schedules.registry import get_schedule
 router = APIRouter(prefix="/api/v1/internal", tags=["internal"])
 log = get_logger("curaway.internal")
 
+LetterId = Annotated[int, Path(ge=1, le=2**63 - 1, description="Dead-letter id")]
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off", ""}
 
@@ -35,7 +36,7 @@ async def authenticate(request: Request, body: bytes) -> Caller:
     url = services.settings.endpoint_url(request.url.path)
     if request.url.query:
         url += "?" + request.url.query
-    headers = {k.lower(): v for k, v in request.headers.items()}
+    headers = dict(request.headers)  # Starlette's keys are already lower-case
     try:
         caller = await run_in_threadpool(services.internal_auth.verify, headers, url=url, body=body)
     except AuthenticationError as exc:
@@ -82,10 +83,19 @@ async def _run(request: Request, spec: TaskSpec, payload_from_query: dict[str, A
         force = _flag(request.query_params.get("force"), "force")
         if payload_from_query:
             payload.update(payload_from_query)
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        delivery = Delivery.from_headers(headers, force=force, received_at=services.clock.now())
+        delivery = Delivery.from_headers(dict(request.headers), force=force, received_at=services.clock.now())
     except ValidationFailed as exc:
-        return error_response(400, exc.message, code="bad_request", request=request)
+        # Nothing may be lost: the malformed delivery is dead-lettered, then answered 400 naming the problem
+        # (489 + Upstash-NonRetryable-Error for QStash, so it does not retry what cannot succeed).
+        outcome = await run_in_threadpool(services.runner.reject, spec, dict(request.headers), caller, exc)
+        return error_response(
+            outcome.status_code,
+            exc.message,
+            code="bad_request",
+            request=request,
+            headers=outcome.headers,
+            extra=outcome.body,
+        )
     outcome = await run_in_threadpool(services.runner.execute, spec, payload, delivery, caller)
     return JSONResponse(outcome.body, status_code=outcome.status_code, headers=outcome.headers)
 
@@ -146,13 +156,13 @@ async def dlq_list(request: Request, status: str = "open", limit: int = 100) -> 
 
 
 @router.get("/dlq/{letter_id}")
-async def dlq_show(letter_id: int, request: Request) -> JSONResponse:
+async def dlq_show(letter_id: LetterId, request: Request) -> JSONResponse:
     await authenticate(request, b"")
     return JSONResponse(await run_in_threadpool(_services(request).dead_letters.show, letter_id))
 
 
 @router.post("/dlq/{letter_id}/replay")
-async def dlq_replay(letter_id: int, request: Request) -> JSONResponse:
+async def dlq_replay(letter_id: LetterId, request: Request) -> JSONResponse:
     await authenticate(request, await request.body())
     result = await run_in_threadpool(_services(request).dead_letters.replay, letter_id)
     return JSONResponse(result.as_dict(), status_code=202 if result.replayed else 200)

@@ -155,6 +155,6 @@ class Services:
             internal_auth=InternalAuth(settings, clock=clock, certs=oidc_certs),
             enqueuer=enqueuer,
             runner=runner,
-            dead_letters=DeadLetters(session_factory=session_factory, clock=clock),
+            dead_letters=DeadLetters(session_factory=session_factory, clock=clock, backend=settings.dispatch_backend),
             local_enqueuer=local,
         )

@@ -83,7 +83,6 @@ def serve(
     from curaway.api.bootstrap import build_app, prepare
 
     settings = _settings()
-    _logging(settings)
     prepare(settings, migrate=not no_migrate)
     application = build_app(settings, dispatcher=not no_dispatcher)
     typer.echo(
@@ -107,7 +106,6 @@ def worker(
     from curaway.api.bootstrap import run_worker
 
     settings = _settings()
-    _logging(settings)
     asyncio.run(run_worker(settings, over_http=http, concurrency=concurrency, cron=not no_cron))
 
 
@@ -236,7 +234,6 @@ def tasks_run(
     settings = _settings()
     if settings.dispatch_backend != "local":
         _fail(f"tasks run needs the local backend (CURAWAY_DISPATCH_BACKEND={settings.dispatch_backend})")
-    _logging(settings)
     from curaway.api.bootstrap import run_task_now
 
     outcome = asyncio.run(run_task_now(settings, name, body, wait=wait))

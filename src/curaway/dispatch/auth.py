@@ -165,6 +165,8 @@ class JwksCache:
             response.raise_for_status()
             document = response.json()
         except (httpx.HTTPError, ValueError) as exc:
+            # Remember the failure briefly: an outage must not turn every request into another slow fetch.
+            self._fetched = self._monotonic()
             raise _reject("certs_unavailable") from exc
         keys: dict[str, Any] = {}
         if isinstance(document, dict) and isinstance(document.get("keys"), list):

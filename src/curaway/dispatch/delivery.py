@@ -19,7 +19,11 @@ H_RUN_KEY = "x-curaway-run-key"
 H_QUEUE_ITEM = "x-curaway-queue-item"
 
 RUN_KEY_PATTERN = re.compile(r"^[A-Za-z0-9._:@#/+=-]{1,255}$")
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 FUTURE_SLOT_TOLERANCE = timedelta(seconds=60)
+# A delivery this early still serves the coming slot (a sender's clock a little ahead of ours must not map a daily
+# run onto yesterday's, already finished, key).
+EARLY_DELIVERY_TOLERANCE = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -90,10 +94,10 @@ class Delivery:
                     return f"{spec.name}@manual:{secrets.token_hex(8)}", None
                 slot = latest_slot(spec.cron, self.schedule_time)
             else:
-                slot = latest_slot(spec.cron, self.received_at)
+                slot = latest_slot(spec.cron, self.received_at + EARLY_DELIVERY_TOLERANCE)
             return slot_key(spec.name, slot), slot
         document_id = payload.get("document_id")
-        if spec.name == "extract" and isinstance(document_id, str) and document_id:
+        if spec.name == "extract" and isinstance(document_id, str) and ID_PATTERN.match(document_id):
             return f"extract:{document_id}", None
         if self.message_id:
             return f"{spec.name}:{self.trigger}:{self.message_id}"[:255], None

@@ -52,9 +52,10 @@ class ReplayResult:
 
 
 class DeadLetters:
-    def __init__(self, *, session_factory: SessionFactory, clock: Clock) -> None:
+    def __init__(self, *, session_factory: SessionFactory, clock: Clock, backend: str = "local") -> None:
         self.session_factory = session_factory
         self.clock = clock
+        self.backend = backend
 
     def list_letters(self, *, status: str | None = "open", limit: int = 100) -> list[dict[str, Any]]:
         with transaction(self.session_factory) as session:
@@ -70,6 +71,12 @@ class DeadLetters:
     def replay(self, letter_id: int) -> ReplayResult:
         """Re-enqueue with the original run key, in the same transaction that marks the letter replayed: replaying
         twice re-runs once, and a crash cannot mark a letter replayed without enqueueing it."""
+        if self.backend != "local":
+            # Replays go onto the local queue; with another backend nothing would deliver them.
+            raise ValidationFailed(
+                f"replay through CURAWAY_DISPATCH_BACKEND={self.backend} is not available in this build",
+                code="replay_unavailable",
+            )
         now = self.clock.now()
         dedup_key = f"replay:{letter_id}"
         with transaction(self.session_factory) as session:
@@ -103,6 +110,8 @@ class DeadLetters:
         for letter_id in ids:
             try:
                 results.append(self.replay(letter_id))
-            except ValidationFailed:
+            except ValidationFailed as exc:
+                if exc.code == "replay_unavailable":
+                    raise
                 log.warning("dlq.not_replayable", dead_letter_id=letter_id)
         return results

@@ -29,7 +29,16 @@ from curaway.logging import get_logger
 from curaway.models import QueuedTask
 from curaway.repositories import queue as queue_repo
 from curaway.repositories.runtime import advance_last_slot, record_dead_letter, scalar_references, schedule_states
-from curaway.schedules import SCHEDULES, CatchUp, Schedule, get_task, latest_slot, slot_key, slots_between
+from curaway.schedules import (
+    SCHEDULES,
+    CatchUp,
+    Schedule,
+    get_task,
+    latest_slot,
+    parse_slot,
+    slot_key,
+    slots_between,
+)
 from curaway.schedules.slots import format_slot
 from curaway.settings import Settings
 from curaway.tasks.base import EnqueueReceipt
@@ -56,11 +65,6 @@ class LocalEnqueuer:
     def enqueue_slot(self, schedule: Schedule, slot: datetime) -> EnqueueReceipt:
         key = slot_key(schedule.name, slot)
         return self._put(schedule.name, {}, dedup_key=f"cron:{key}", headers={H_SLOT: format_slot(slot)})
-
-    def enqueue_manual(self, task: str, payload: dict[str, Any]) -> EnqueueReceipt:
-        """A forced run (``tasks run``): its own run key, run now; handlers' per-item keys still stop repeats."""
-        key = f"{task}@manual:{secrets.token_hex(8)}"
-        return self._put(task, payload, dedup_key=key, headers={H_RUN_KEY: key})
 
     def _put(
         self, task: str, payload: dict[str, Any], *, dedup_key: str, headers: dict[str, str], delay_s: float = 0.0
@@ -117,7 +121,8 @@ class HttpxDeliverer:
 
     @classmethod
     def in_process(cls, app: Any, settings: Settings) -> HttpxDeliverer:
-        transport = httpx.ASGITransport(app=app)
+        # An exception escaping the app becomes a 500 answer (retried), not a crash of the dispatcher.
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         return cls(settings=settings, client=httpx.AsyncClient(transport=transport, base_url="http://curaway.local"))
 
     @classmethod
@@ -140,7 +145,7 @@ class HttpxDeliverer:
             response = await self.client.post(
                 spec.endpoint, json=item.payload or {}, headers=headers, timeout=spec.timeout_s + 10
             )
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # noqa: BLE001 - any transport failure is a retryable, unanswered delivery
             return DeliveryResult(None, error_class=type(exc).__name__)
         try:
             body = response.json()
@@ -168,6 +173,16 @@ class DispatcherConfig:
     cron: bool = True
     queues: Sequence[str] | None = None
     worker_id: str = ""
+
+
+def item_run_key(item: QueuedTask) -> str:
+    """The run key the service derives for a queue item (so a dispatcher-written dead letter replays that run)."""
+    headers = item.headers or {}
+    if headers.get(H_RUN_KEY):
+        return str(headers[H_RUN_KEY])
+    if headers.get(H_SLOT):
+        return slot_key(item.task, parse_slot(str(headers[H_SLOT])))
+    return item.dedup_key
 
 
 def choose_slots(policy: CatchUp, due: list[datetime], now: datetime) -> list[datetime]:
@@ -249,6 +264,10 @@ class LocalDispatcher:
 
     async def process(self, item: QueuedTask) -> str:
         """Deliver one claimed item and settle it. Returns the item's new status."""
+        if item.attempts > item.max_attempts:
+            # Reclaimed after its final delivery's worker died: the attempts are spent, dead-letter it.
+            exhausted = DeliveryResult(None, error_class="LeaseLapsedAfterFinalAttempt")
+            return await asyncio.to_thread(self._settle, item, exhausted)
         result = await self.deliverer.deliver(item)
         return await asyncio.to_thread(self._settle, item, result)
 
@@ -299,7 +318,7 @@ class LocalDispatcher:
                 return "queued"
             # Permanent (4xx other than 409/429, 489) or attempts spent: dead.
             body = result.body or {}
-            run_key = str(body.get("run_key") or (item.headers or {}).get(H_RUN_KEY) or item.dedup_key)
+            run_key = str(body.get("run_key") or item_run_key(item))
             runner_dead_lettered = body.get("status") == "dead_lettered" or (
                 isinstance(body.get("error"), dict) and body["error"].get("dead_letter_id")
             )

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import threading
 import time
@@ -21,7 +22,7 @@ from curaway.clock import Clock
 from curaway.db import SessionFactory, transaction
 from curaway.dispatch.auth import Caller
 from curaway.dispatch.delivery import Delivery
-from curaway.errors import CurawayError, PermanentError, RetryableError
+from curaway.errors import CurawayError, PermanentError, RetryableError, ValidationFailed
 from curaway.integrations import Integrations
 from curaway.logging import get_logger
 from curaway.repositories import ledger
@@ -33,6 +34,7 @@ from curaway.tasks.base import Enqueuer, Handler, Result, TaskContext
 log = get_logger("curaway.runner")
 
 DEFAULT_RETRY_AFTER_S = 10
+RUN_KEY_SAFE = re.compile(r"^[A-Za-z0-9._:@#/+=-]{1,200}$")
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,7 @@ class TaskRunner:
             )
             attempts = claim.row.attempts
             stored = claim.row.result
+            ledger_id = claim.row.id
         bound = log.bind(task=spec.name, run_key=run_key, trigger=delivery.trigger, verifier=caller.verifier)
         if claim.kind == "duplicate":
             bound.info("task.duplicate")
@@ -159,7 +162,9 @@ class TaskRunner:
 
         if spec.overlap == "skip_if_running":
             with transaction(self.session_factory) as session:
-                other = ledger.other_live_run(session, task=spec.name, run_key=run_key, now=now)
+                other = ledger.other_live_run(
+                    session, task=spec.name, run_key=run_key, now=now, claimed_after=ledger_id
+                )
                 if other is not None:
                     skipped = {"skipped": "overlap", "running_run_key": other.run_key}
                     ledger.finish(session, run_key=run_key, owner=owner, now=now, status="skipped", result=skipped)
@@ -196,6 +201,32 @@ class TaskRunner:
         finally:
             self._leases.release(run_key)
         return self._succeeded(run, result)
+
+    def reject(self, spec: TaskSpec, headers: Mapping[str, str], caller: Caller, exc: ValidationFailed) -> Outcome:
+        """A delivery too malformed to run (bad JSON, bad delivery headers): dead-letter it so nothing is lost."""
+        qstash = "upstash-signature" in headers or "upstash-message-id" in headers
+        message_id = headers.get("upstash-message-id") or headers.get("x-cloudtasks-taskname")
+        suffix = message_id if message_id and RUN_KEY_SAFE.match(message_id) else secrets.token_hex(8)
+        run_key = f"{spec.name}:invalid:{suffix}"
+        with transaction(self.session_factory) as session:
+            letter = record_dead_letter(
+                session,
+                task=spec.name,
+                run_key=run_key,
+                payload={},
+                source="qstash" if qstash else caller.verifier,
+                attempts=1,
+                last_status=400,
+                error_class=type(exc).__name__,
+                error_code="bad_request",
+            )
+            letter_id = letter.id
+        log.warning("task.rejected_invalid", task=spec.name, run_key=run_key, dead_letter_id=letter_id)
+        self._observe(spec.name, "rejected", 0.0)
+        body = {"task": spec.name, "run_key": run_key, "status": "dead_lettered", "dead_letter_id": letter_id}
+        if qstash:
+            return Outcome(489, body, headers={"Upstash-NonRetryable-Error": "true"})
+        return Outcome(400, body)
 
     # ------------------------------------------------------------------------------------------------------
     @staticmethod

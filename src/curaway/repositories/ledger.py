@@ -141,13 +141,17 @@ def finish(
     return bool(rowcount(updated))
 
 
-def other_live_run(session: Session, *, task: str, run_key: str, now: datetime) -> RunLedger | None:
-    """Another run of ``task`` holding a live lease (for the ``skip_if_running`` overlap policy)."""
+def other_live_run(session: Session, *, task: str, run_key: str, now: datetime, claimed_after: int) -> RunLedger | None:
+    """An earlier-claimed run of ``task`` still holding a live lease (the ``skip_if_running`` overlap policy).
+
+    Only runs claimed before ours count (``id < claimed_after``), so two runs racing past each other cannot both
+    skip: the older one always proceeds."""
     return session.scalars(
         select(RunLedger)
         .where(
             RunLedger.task == task,
             RunLedger.run_key != run_key,
+            RunLedger.id < claimed_after,
             RunLedger.status == "running",
             RunLedger.lease_expires_at > now,
         )
@@ -160,9 +164,10 @@ def get(session: Session, run_key: str) -> RunLedger | None:
 
 
 def last_success(session: Session, task: str) -> RunLedger | None:
+    """The latest finished run that did its job (``skipped`` counts: "nothing to do" is fresh too)."""
     return session.scalars(
         select(RunLedger)
-        .where(RunLedger.task == task, RunLedger.status == "succeeded")
+        .where(RunLedger.task == task, RunLedger.status.in_(TERMINAL_OK))
         .order_by(RunLedger.finished_at.desc())
         .limit(1)
     ).first()

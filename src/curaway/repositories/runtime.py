@@ -11,12 +11,20 @@ from sqlalchemy.orm import Session
 from curaway.db import rowcount
 from curaway.models import DeadLetter, ScheduleState
 
+REFERENCE_KEYS = frozenset({"dry_run", "limit", "concurrency", "fan_out"})
+
 
 def scalar_references(payload: Any) -> dict[str, Any]:
-    """Task payloads carry ids by contract; keep scalars only so nothing large or nested lands in the DLQ."""
+    """What of a task payload a dead letter may keep: ids (``*_id``) and the known option flags, scalars only.
+
+    Payloads carry ids by contract, but a caller can send anything; an allow-list keeps PHI out of the DLQ."""
     if not isinstance(payload, dict):
         return {}
-    return {k: v for k, v in payload.items() if isinstance(v, str | int | float | bool) or v is None}
+    return {
+        k: v
+        for k, v in payload.items()
+        if (k.endswith("_id") or k in REFERENCE_KEYS) and (isinstance(v, str | int | float | bool) or v is None)
+    }
 
 
 def record_dead_letter(

@@ -115,7 +115,8 @@ def _text_for(ctx: TaskContext, document_id: str, storage_key: str | None, conte
         text = plain_text(data)
     else:
         text = _ocr_text(ctx, document_id, data, content_type)
-    return text[:MAX_TEXT_CHARS]
+    # NUL cannot be stored in Postgres text columns (pypdf can emit it); it carries no meaning here.
+    return text.replace("\x00", "")[:MAX_TEXT_CHARS]
 
 
 def _fail(ctx: TaskContext, document_id: str, exc: CurawayError) -> None:
@@ -160,6 +161,10 @@ def extract(ctx: TaskContext, payload: dict[str, Any]) -> Result:
     except CurawayError as exc:
         _fail(ctx, document_id, exc)
         raise
+    except Exception as exc:
+        wrapped = RetryableError("extraction failed unexpectedly", code="extraction_unexpected")
+        _fail(ctx, document_id, wrapped)
+        raise wrapped from exc
 
     entities = {
         "provider": extraction.call.provider,

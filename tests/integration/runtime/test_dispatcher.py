@@ -239,3 +239,48 @@ def test_two_dispatchers_share_1000_tasks_without_double_execution(make_settings
         assert s.scalar(select(func.max(QueuedTask.attempts))) == 1
     a.services.engine.dispose()
     b.services.engine.dispose()
+
+
+def test_an_item_reclaimed_after_its_final_attempt_is_dead_lettered_not_redelivered(harness):
+    harness.enqueuer.enqueue("extract", {"document_id": "doc_k"}, dedup_key="extract:doc_k")
+    with transaction(harness.services.session_factory) as s:
+        s.execute(
+            update(QueuedTask).values(
+                status="running", attempts=4, locked_by="dead-worker", lease_expires_at=NOW - timedelta(seconds=1)
+            )
+        )
+    harness.drain()
+    assert harness.handlers.count() == 0
+    assert harness.scalar(select(QueuedTask.status)) == "dead"
+    letter = harness.scalar(select(DeadLetter))
+    assert (letter.run_key, letter.error_class) == ("extract:doc_k", "LeaseLapsedAfterFinalAttempt")
+
+
+def test_an_exception_escaping_the_app_is_retried_then_dead_lettered_never_stuck(harness):
+    def broken_execute(*args, **kwargs):  # a failure outside any handler: a DB error while claiming, say
+        raise RuntimeError("database is locked")
+
+    harness.services.runner.execute = broken_execute
+    harness.enqueuer.enqueue("extract", {"document_id": "doc_e"}, dedup_key="extract:doc_e")
+    harness.drain()  # retries at once (backoff scale 0) until the attempts are spent; the dispatcher survives
+    item = harness.scalar(select(QueuedTask))
+    assert (item.status, item.attempts, item.last_status) == ("dead", 4, 500)
+    letter = harness.scalar(select(DeadLetter))
+    assert (letter.run_key, letter.error_code) == ("extract:doc_e", "http_500")
+    assert harness.handlers.count() == 0
+
+
+def test_two_overlapping_runs_never_both_skip(harness):
+    from curaway.repositories import ledger
+
+    with transaction(harness.services.session_factory) as s:
+        a = ledger.claim(s, run_key="intake-reminders@A", task="intake-reminders", owner="a", now=NOW, lease_s=30)
+        b = ledger.claim(s, run_key="intake-reminders@B", task="intake-reminders", owner="b", now=NOW, lease_s=30)
+        older = ledger.other_live_run(
+            s, task="intake-reminders", run_key="intake-reminders@A", now=NOW, claimed_after=a.row.id
+        )
+        newer = ledger.other_live_run(
+            s, task="intake-reminders", run_key="intake-reminders@B", now=NOW, claimed_after=b.row.id
+        )
+    assert older is None  # the first claimant proceeds
+    assert newer is not None and newer.run_key == "intake-reminders@A"  # the second one skips

@@ -293,3 +293,93 @@ def test_rejections_are_logged_with_a_reason_and_never_the_credential(runtime):
     rejected = [e for e in logs if e["event"] == "internal_auth.rejected"]
     assert rejected and rejected[0]["reason"] == "qstash_bad_signature"
     assert token not in repr(logs) and token not in r.text
+
+
+def test_malformed_deliveries_are_dead_lettered_not_lost(runtime):
+    broken = runtime.post(
+        "/api/v1/internal/extract",
+        content=b'{"document_id": ',
+        headers={"X-CloudTasks-TaskName": "task-77", "X-CloudTasks-TaskRetryCount": "0"},
+    )
+    assert broken.status_code == 400
+    assert "not valid JSON" in broken.json()["error"]["message"]
+    again = runtime.post(
+        "/api/v1/internal/extract",
+        content=b'{"document_id": ',
+        headers={"X-CloudTasks-TaskName": "task-77", "X-CloudTasks-TaskRetryCount": "1"},
+    )
+    assert again.status_code == 400
+    body = b"[not json"
+    qs = runtime.post(
+        "/api/v1/internal/extract",
+        secret=False,
+        content=body,
+        headers={
+            "Upstash-Signature": qstash_token(
+                QSTASH_CURRENT, url=PUBLIC_URL + "/api/v1/internal/extract", body=body, now=NOW
+            ),
+            "Upstash-Message-Id": "msg_bad",
+        },
+    )
+    assert qs.status_code == 489 and qs.headers["upstash-nonretryable-error"] == "true"
+    with transaction(runtime.services.session_factory) as s:
+        keys = sorted(s.scalars(select(DeadLetter.run_key)))
+    assert keys == ["extract:invalid:msg_bad", "extract:invalid:task-77"]  # a retried bad task is one letter
+    assert runtime.handlers.count() == 0
+
+
+def test_huge_dead_letter_id_is_a_validation_error_not_a_crash(runtime):
+    secret = {"X-Internal-Secret": "internal-secret-for-tests-0001"}
+    assert runtime.client.get(f"/api/v1/internal/dlq/{2**70}", headers=secret).status_code == 422
+    assert runtime.client.post("/api/v1/internal/dlq/0/replay", headers=secret).status_code == 422
+
+
+def test_a_delivery_a_little_early_serves_the_coming_slot(runtime):
+    runtime.clock.set(NOW.replace(hour=15, minute=59, second=50))  # the sender's clock runs 10 s ahead
+    assert runtime.post(TASK).json()["run_key"] == "intake-reminders@2026-12-03T16:00:00Z"
+
+
+def test_an_unusable_document_id_does_not_become_a_run_key(runtime):
+    _fail_with(runtime, "extract", PermanentError("document not found", code="not_found"))
+    r = runtime.post("/api/v1/internal/extract", json={"document_id": "x" * 400})
+    assert r.status_code == 200 and r.json()["status"] == "dead_lettered"
+    assert r.json()["run_key"].startswith("extract@manual:")
+    with transaction(runtime.services.session_factory) as s:
+        assert s.scalars(select(DeadLetter.payload)).one() == {"document_id": "x" * 400}
+
+
+def test_dead_letters_keep_ids_and_options_only(runtime):
+    _fail_with(runtime, "fhir-sweep", PermanentError("bad", code="validation"))
+    runtime.post(
+        "/api/v1/internal/fhir/sweep?dry_run=false&limit=5",
+        json={"case_id": "case_1", "patient_email": "ada@example.org", "note": "diabetes"},
+    )
+    with transaction(runtime.services.session_factory) as s:
+        assert s.scalars(select(DeadLetter.payload)).one() == {"case_id": "case_1", "dry_run": False, "limit": 5}
+
+
+def test_skipped_runs_count_as_fresh(runtime):
+    from curaway.tasks.base import Result
+
+    runtime.handlers.behaviour["exchange-rate-refresh"] = lambda ctx, payload: Result(
+        {"unchanged": True}, status="skipped"
+    )
+    r = runtime.post("/api/v1/internal/tasks/exchange-rate-refresh")
+    assert r.json()["status"] == "skipped"
+    checks = runtime.client.get("/readyz").json()["checks"]["schedules"]["schedules"]
+    assert checks["exchange-rate-refresh"]["status"] == "ok"
+
+
+def test_sql_errors_never_carry_statement_parameters(runtime):
+    import pytest
+    from sqlalchemy.exc import IntegrityError
+
+    from curaway.models import Event
+
+    with pytest.raises(IntegrityError) as info:
+        for _ in range(2):
+            with transaction(runtime.services.session_factory) as s:
+                s.add(Event(type="x", payload={}, dedup_key="patient-ada-lovelace@example.org"))
+    # The parameters are hidden (Postgres's own DETAIL line can still quote a key: we log error classes only).
+    assert "SQL parameters hidden" in str(info.value)
+    assert "[parameters:" not in str(info.value)
