@@ -22,6 +22,7 @@ from curaway.errors import ConfigurationError
 SessionFactory = sessionmaker[Session]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+READ_ONLY_OPTION = "curaway_read_only"
 
 
 def normalise_url(url: str) -> str:
@@ -77,7 +78,8 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = conn.get_execution_options().get(READ_ONLY_OPTION)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def create_session_factory(engine: Engine) -> SessionFactory:
@@ -98,6 +100,25 @@ def transaction(factory: SessionFactory) -> Iterator[Session]:
 def rowcount(result: Any) -> int:
     """Rows matched by an UPDATE/DELETE (``Session.execute`` is typed as a plain ``Result``)."""
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def engine_of(factory: SessionFactory) -> Engine:
+    """The engine a session factory is bound to (for dialect checks and raw connections)."""
+    bind = factory.kw["bind"]
+    assert isinstance(bind, Engine)
+    return bind
+
+
+@contextlib.contextmanager
+def read_transaction(factory: SessionFactory) -> Iterator[Session]:
+    """A read-only unit of work. On SQLite it takes no write lock (a deferred ``BEGIN``), so probes and listings
+    never queue behind a long writer; elsewhere it is an ordinary transaction. Writing in it is a bug."""
+    session = factory(bind=engine_of(factory).execution_options(**{READ_ONLY_OPTION: True}))
+    try:
+        with session.begin():
+            yield session
+    finally:
+        session.close()
 
 
 def ping(engine: Engine) -> None:

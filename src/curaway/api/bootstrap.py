@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from curaway.api.app import create_app
 from curaway.api.services import Services
 from curaway.clock import SystemClock
-from curaway.db import create_db_engine, create_session_factory, transaction, upgrade
+from curaway.db import create_db_engine, create_session_factory, read_transaction, transaction, upgrade
 from curaway.dispatch.local import DispatcherConfig, HttpxDeliverer, LocalDispatcher
 from curaway.dispatch.runner import RunnerConfig
 from curaway.dispatch.schedule_sync import apply_local, plan_local
@@ -241,7 +241,7 @@ async def run_fhir_sweep(
 def _queue_status(services: Services, item_id: int) -> str | None:
     from curaway.repositories import queue as queue_repo
 
-    with transaction(services.session_factory) as session:
+    with read_transaction(services.session_factory) as session:
         item = queue_repo.get(session, item_id)
         return item.status if item is not None else None
 
@@ -250,7 +250,7 @@ def _run_report(services: Services, run_key: str, item_id: int) -> dict[str, Any
     from curaway.repositories import ledger
     from curaway.repositories import queue as queue_repo
 
-    with transaction(services.session_factory) as session:
+    with read_transaction(services.session_factory) as session:
         item = queue_repo.get(session, item_id)
         row = ledger.get(session, run_key)
         report: dict[str, Any] = {

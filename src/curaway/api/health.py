@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from curaway import __version__
 from curaway.api.services import Services
-from curaway.db import ping, transaction
+from curaway.db import ping, read_transaction
 from curaway.dispatch.status import runtime_status
 from curaway.logging import get_logger
 
@@ -44,7 +44,7 @@ def readyz(request: Request) -> JSONResponse:
         # Informational: stale schedules are visible here (and alerting reads them) without failing readiness,
         # so one stuck cron does not take the whole service out of rotation.
         try:
-            with transaction(services.session_factory) as session:
+            with read_transaction(services.session_factory) as session:
                 status = runtime_status(session, now=services.clock.now(), fx_base=services.settings.fx_base)
             checks["schedules"] = status["freshness"]
             checks["exchange_rates"] = status["exchange_rates"]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from curaway.clock import Clock
-from curaway.db import SessionFactory, transaction
+from curaway.db import SessionFactory, read_transaction, transaction
 from curaway.dispatch.delivery import H_RUN_KEY
 from curaway.errors import NotFoundError, ValidationFailed
 from curaway.logging import get_logger
@@ -58,11 +58,11 @@ class DeadLetters:
         self.backend = backend
 
     def list_letters(self, *, status: str | None = "open", limit: int = 100) -> list[dict[str, Any]]:
-        with transaction(self.session_factory) as session:
+        with read_transaction(self.session_factory) as session:
             return [letter_dict(x) for x in list_dead_letters(session, status=status, limit=limit)]
 
     def show(self, letter_id: int) -> dict[str, Any]:
-        with transaction(self.session_factory) as session:
+        with read_transaction(self.session_factory) as session:
             letter = get_dead_letter(session, letter_id)
             if letter is None:
                 raise NotFoundError(f"dead letter {letter_id} not found")

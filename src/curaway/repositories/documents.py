@@ -80,8 +80,12 @@ def create_upload(
 
 
 def get_upload_for_tenant(session: Session, upload_id: str, *, tenant_id: str) -> Upload | None:
+    """Locked for the rest of the transaction (Postgres), so the cleanup cron cannot delete it while it is being
+    confirmed: its conditional delete waits and then sees ``confirmed_at`` set."""
     return session.scalar(
-        select(Upload).where(Upload.id == upload_id, Upload.tenant_id == tenant_id, Upload.deleted_at.is_(None))
+        select(Upload)
+        .where(Upload.id == upload_id, Upload.tenant_id == tenant_id, Upload.deleted_at.is_(None))
+        .with_for_update()
     )
 
 

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from curaway.db import engine_of
 from curaway.errors import PermanentError, RetryableError, ValidationFailed
 from curaway.integrations.rates import RatesClient, RatesInvalid, RatesSnapshot, build_rates_client
 from curaway.integrations.storage import Storage, build_storage
@@ -404,7 +405,7 @@ def analytics_refresh(ctx: TaskContext, payload: dict[str, Any]) -> Result:
     population) under ``pg_try_advisory_xact_lock``; SQLite: rebuild the tables in one ``BEGIN IMMEDIATE``
     transaction. A refresh that overlaps another is skipped (``status="skipped"``), never run twice."""
     now = ctx.clock.now()
-    engine = ctx.session_factory.kw["bind"]
+    engine = engine_of(ctx.session_factory)
     dialect = engine.dialect.name
     if dialect == "postgresql":
         with ctx.transaction() as session:

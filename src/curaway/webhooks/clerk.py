@@ -29,7 +29,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.orm import Session
 
-from curaway.db import SessionFactory, transaction
+from curaway.db import SessionFactory, engine_of, transaction
 from curaway.logging import get_logger
 from curaway.repositories.identity import (
     deactivate_auto_roles,
@@ -241,8 +241,8 @@ _SQLITE_WRITERS_GUARD = threading.Lock()
 def _writer_slot(session_factory: SessionFactory) -> contextlib.AbstractContextManager[Any]:
     """SQLite has one writer: queue this process's deliveries on a lock instead of SQLite's sleeping busy handler
     (which backs off 1, 2, 5, 10 ms… while the holder needs well under a millisecond). Postgres: no lock."""
-    engine = session_factory.kw.get("bind")
-    if engine is None or engine.dialect.name != "sqlite":
+    engine = engine_of(session_factory)
+    if engine.dialect.name != "sqlite":
         return contextlib.nullcontext()
     with _SQLITE_WRITERS_GUARD:
         lock = _SQLITE_WRITERS.get(engine)
