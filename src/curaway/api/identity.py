@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -38,6 +37,7 @@ from starlette.exceptions import HTTPException
 from curaway.clock import Clock
 from curaway.db import SessionFactory, transaction
 from curaway.errors import AuthenticationError, ConfigurationError, NotFoundError, RetryableError
+from curaway.integrations.jwks import KeySetCache, KeysUnavailable, parse_key_document
 from curaway.logging import get_logger
 from curaway.repositories.identity import RoleGrant, active_roles, ensure_auto_role, tenant_for_org
 from curaway.settings import Settings
@@ -139,25 +139,11 @@ class KeySource(Protocol):
         ...
 
 
-def _parse_jwks(document: Any) -> dict[str | None, Any]:
-    if not isinstance(document, Mapping) or not isinstance(document.get("keys"), list):
-        raise ValueError("not a JWKS document")
-    keys: dict[str | None, Any] = {}
-    for entry in document["keys"]:
-        if not isinstance(entry, Mapping) or entry.get("kty") != "RSA" or entry.get("use", "sig") != "sig":
-            continue
-        try:
-            keys[entry.get("kid")] = jwt.PyJWK(dict(entry), algorithm="RS256").key
-        except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
-            continue  # one broken key must not hide the others
-    return keys
-
-
 class StaticKeys:
     """Keys known in-process (the dev key)."""
 
     def __init__(self, jwks: Mapping[str, Any]) -> None:
-        self._keys = _parse_jwks(jwks)
+        self._keys = parse_key_document(jwks)
 
     def key_for(self, kid: str | None) -> Any:
         if kid in self._keys:
@@ -167,55 +153,22 @@ class StaticKeys:
         raise _reject("unknown_kid")
 
 
-class JwksCache:
-    """A JWKS document fetched over HTTP and cached; an unknown ``kid`` refetches at most every ``min_refresh_s``."""
+class JwksCache(KeySetCache):
+    """Clerk's JWKS (``CURAWAY_CLERK_JWKS_URL``), cached; an unknown ``kid`` refetches at most every
+    ``min_refresh_s``; an unreachable JWKS is a 503 (retry), an unknown key a 401."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        client: httpx.Client | None = None,
-        ttl_s: float = 600.0,
-        min_refresh_s: float = 30.0,
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.url = url
-        self._client = client or httpx.Client(timeout=5.0)
-        self._ttl_s = ttl_s
-        self._min_refresh_s = min_refresh_s
-        self._monotonic = monotonic
-        self._lock = threading.Lock()
-        self._keys: dict[str | None, Any] = {}
-        self._fetched_at: float | None = None
-        self.fetch_count = 0
-
-    def _fetch(self) -> None:
-        try:
-            response = self._client.get(self.url)
-            response.raise_for_status()
-            keys = _parse_jwks(response.json())
-        except (httpx.HTTPError, ValueError) as exc:
-            log.warning("auth.jwks_unavailable", verifier="clerk_jwt", error_class=type(exc).__name__)
-            raise RetryableError("the Clerk JWKS document is unavailable", code="jwks_unavailable") from exc
-        self._keys = keys
-        self._fetched_at = self._monotonic()
-        self.fetch_count += 1
-        log.info("auth.jwks_fetched", verifier="clerk_jwt", count=len(keys))
+    def __init__(self, url: str, *, ttl_s: float = 600.0, min_refresh_s: float = 30.0, **kwargs: Any) -> None:
+        super().__init__(url, ttl_s=ttl_s, min_refetch_s=min_refresh_s, **kwargs)
 
     def key_for(self, kid: str | None) -> Any:
-        with self._lock:
-            now = self._monotonic()
-            if (
-                self._fetched_at is None
-                or now - self._fetched_at > self._ttl_s
-                or (kid not in self._keys and now - self._fetched_at > self._min_refresh_s)
-            ):
-                self._fetch()
-            if kid in self._keys:
-                return self._keys[kid]
-            if kid is None and len(self._keys) == 1:
-                return next(iter(self._keys.values()))
-        raise _reject("unknown_kid")
+        try:
+            key = self.get(kid)
+        except KeysUnavailable as exc:
+            log.warning("auth.jwks_unavailable", verifier="clerk_jwt", error_class=type(exc.__cause__).__name__)
+            raise RetryableError("the Clerk JWKS document is unavailable", code="jwks_unavailable") from exc
+        if key is None:
+            raise _reject("unknown_kid")
+        return key
 
 
 # -- verification -----------------------------------------------------------------------------------------------

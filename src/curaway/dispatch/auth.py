@@ -10,20 +10,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
-import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import httpx
 import jwt
-from jwt.algorithms import RSAAlgorithm
 
 from curaway.clock import Clock
 from curaway.errors import AuthenticationError
+from curaway.integrations.jwks import KeySetCache, KeysUnavailable
 from curaway.settings import Settings
 
 GOOGLE_ISSUERS = frozenset({"https://accounts.google.com", "accounts.google.com"})
@@ -134,71 +130,14 @@ class QStashVerifier:
         return Caller(self.name, f"qstash#{accepted}")
 
 
-class JwksCache:
-    """Fetch and cache signing keys (JWKS ``{"keys": [...]}`` or Google's PEM map ``{kid: cert}``).
-
-    Honours ``Cache-Control: max-age`` (bounded), refetches on an unknown kid at most once per ``min_refetch_s``.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        client: httpx.Client | None = None,
-        default_ttl_s: float = 3600,
-        min_refetch_s: float = 30,
-        monotonic: Any = time.monotonic,
-    ) -> None:
-        self.url = url
-        self._client = client or httpx.Client(timeout=httpx.Timeout(5.0))
-        self._default_ttl_s = default_ttl_s
-        self._min_refetch_s = min_refetch_s
-        self._monotonic = monotonic
-        self._keys: dict[str, Any] = {}
-        self._expires = 0.0
-        self._fetched = -1e9
-        self._lock = threading.Lock()
-
-    def _fetch(self) -> None:
-        try:
-            response = self._client.get(self.url)
-            response.raise_for_status()
-            document = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            # Remember the failure briefly: an outage must not turn every request into another slow fetch.
-            self._fetched = self._monotonic()
-            raise _reject("certs_unavailable") from exc
-        keys: dict[str, Any] = {}
-        if isinstance(document, dict) and isinstance(document.get("keys"), list):
-            for jwk in document["keys"]:
-                if isinstance(jwk, dict) and jwk.get("kid") and jwk.get("kty") == "RSA":
-                    try:
-                        keys[str(jwk["kid"])] = RSAAlgorithm.from_jwk(json.dumps(jwk))
-                    except (jwt.PyJWTError, ValueError, KeyError):
-                        continue
-        elif isinstance(document, dict):
-            from cryptography.x509 import load_pem_x509_certificate
-
-            for kid, pem in document.items():
-                try:
-                    keys[str(kid)] = load_pem_x509_certificate(str(pem).encode()).public_key()
-                except ValueError:
-                    continue
-        ttl = self._default_ttl_s
-        cache_control = response.headers.get("cache-control", "")
-        for part in cache_control.split(","):
-            name, _, value = part.strip().partition("=")
-            if name == "max-age" and value.isdigit():
-                ttl = min(float(value), 24 * 3600)
-        now = self._monotonic()
-        self._keys, self._expires, self._fetched = keys, now + ttl, now
+class JwksCache(KeySetCache):
+    """Google's certs (``CURAWAY_OIDC_CERTS_URL``), cached; an outage is a 401 reason, not a crash."""
 
     def key(self, kid: str) -> Any:
-        with self._lock:
-            now = self._monotonic()
-            if now >= self._expires or (kid not in self._keys and now - self._fetched >= self._min_refetch_s):
-                self._fetch()
-            return self._keys.get(kid)
+        try:
+            return self.get(kid)
+        except KeysUnavailable as exc:
+            raise _reject("certs_unavailable") from exc
 
 
 class OidcVerifier:
