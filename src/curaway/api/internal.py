@@ -17,13 +17,12 @@ from curaway.errors import AuthenticationError, ValidationFailed
 from curaway.logging import get_logger
 from curaway.schedules import TaskSpec, get_task
 from curaway.schedules.registry import get_schedule
+from curaway.values import parse_bool
 
 router = APIRouter(prefix="/api/v1/internal", tags=["internal"])
 log = get_logger("curaway.internal")
 
 LetterId = Annotated[int, Path(ge=1, le=2**63 - 1, description="Dead-letter id")]
-TRUE = {"1", "true", "yes", "on"}
-FALSE = {"0", "false", "no", "off", ""}
 
 
 def _services(request: Request) -> Services:
@@ -64,14 +63,12 @@ def _parse_json_object(body: bytes) -> dict[str, Any]:
 
 
 def _flag(value: str | None, name: str) -> bool:
-    if value is None:
+    if value is None or not value.strip():
         return False
-    lowered = value.strip().lower()
-    if lowered in TRUE:
-        return True
-    if lowered in FALSE:
-        return False
-    raise ValidationFailed(f"query parameter {name} must be true or false")
+    parsed = parse_bool(value)
+    if parsed is None:
+        raise ValidationFailed(f"query parameter {name} must be true or false")
+    return parsed
 
 
 async def _run(request: Request, spec: TaskSpec, payload_from_query: dict[str, Any] | None = None) -> JSONResponse:

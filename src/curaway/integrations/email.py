@@ -37,6 +37,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from curaway.errors import ConfigurationError, PermanentError, RetryableError
 from curaway.settings import Settings
+from curaway.values import parse_bool
 
 T = TypeVar("T")
 
@@ -238,11 +239,10 @@ class SmtpConfig:
             raw = query.get(name)
             if raw is None:
                 return default
-            if raw.lower() in {"1", "true", "yes", "on"}:
-                return True
-            if raw.lower() in {"0", "false", "no", "off"}:
-                return False
-            raise ConfigurationError(f"CURAWAY_SMTP_URL option {name} must be true or false")
+            parsed = parse_bool(raw)
+            if parsed is None:
+                raise ConfigurationError(f"CURAWAY_SMTP_URL option {name} must be true or false")
+            return parsed
 
         implicit = parts.scheme == "smtps"
         start_tls = flag("starttls", False)

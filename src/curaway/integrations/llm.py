@@ -15,6 +15,7 @@ the benchmark. Garbage output raises ``LlmOutputError`` (permanent); transport t
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -362,7 +363,8 @@ class TracedLlmGateway:
                 span.record("gen_ai.response.finish_reason", result.call.stop_reason)
             for key, value in result.entities.counts().items():
                 span.record(f"curaway.entities.{key}", value)
-            span.record_content(prompt=text, output=result.entities.model_dump_json())
+            if self._capture_content:  # never even serialise PHI that will not be recorded
+                span.record_content(prompt=text, output=result.entities.model_dump_json())
             return result
 
     def clinical_context(self, text: str, *, document_ref: str, patient_reference: str) -> ClinicalContext:
@@ -383,8 +385,6 @@ class TracedLlmGateway:
                 span.record("gen_ai.response.finish_reason", result.call.stop_reason)
             span.record("curaway.resources", len(result.resources))
             if self._capture_content:
-                import json
-
                 span.record_content(prompt=text, output=json.dumps(result.resources))
             return result
 

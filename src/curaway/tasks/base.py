@@ -12,7 +12,9 @@ from sqlalchemy.orm import Session
 
 from curaway.clock import Clock
 from curaway.db import SessionFactory, transaction
+from curaway.errors import PermanentError
 from curaway.integrations import Integrations
+from curaway.integrations.llm import LlmGateway
 from curaway.settings import Settings
 
 
@@ -70,3 +72,10 @@ class TaskContext:
 
 
 Handler = Callable[[TaskContext, dict[str, Any]], Result]
+
+
+def llm_gateway(ctx: TaskContext) -> LlmGateway:
+    gateway: LlmGateway | None = ctx.integrations.llm
+    if gateway is None:
+        raise PermanentError("no LLM gateway is configured", code="llm_not_configured")
+    return gateway

@@ -16,10 +16,9 @@ import io
 from typing import Any
 
 from curaway.errors import CurawayError, NotFoundError, PermanentError, RetryableError, ValidationFailed
-from curaway.integrations.llm import LlmGateway
 from curaway.integrations.ocr import OcrEngine, build_ocr
 from curaway.repositories import documents as repo
-from curaway.tasks.base import Result, TaskContext
+from curaway.tasks.base import Result, TaskContext, llm_gateway
 
 PDF_TYPES = frozenset({"application/pdf"})
 TEXT_TYPES = frozenset({"text/plain"})
@@ -69,13 +68,6 @@ def plain_text(data: bytes) -> str:
     if not text.strip():
         raise PermanentError("text document is empty", code="empty_document")
     return text
-
-
-def _gateway(ctx: TaskContext) -> LlmGateway:
-    gateway = ctx.integrations.llm
-    if gateway is None:
-        raise PermanentError("no LLM gateway is configured", code="llm_not_configured")
-    return gateway
 
 
 def _ocr_text(ctx: TaskContext, document_id: str, data: bytes, content_type: str) -> str:
@@ -157,7 +149,7 @@ def extract(ctx: TaskContext, payload: dict[str, Any]) -> Result:
     ctx.log.info("extraction.started", document_id=document_id, case_id=case_id, content_type=content_type)
     try:
         text = _text_for(ctx, document_id, storage_key, content_type)
-        extraction = _gateway(ctx).extract_entities(text, document_ref=document_id)
+        extraction = llm_gateway(ctx).extract_entities(text, document_ref=document_id)
     except CurawayError as exc:
         _fail(ctx, document_id, exc)
         raise

@@ -33,8 +33,9 @@ from curaway.errors import CurawayError, NotFoundError, PermanentError, Retryabl
 from curaway.integrations.llm import ClinicalContext, LlmGateway
 from curaway.repositories import documents as repo
 from curaway.repositories.runtime import record_dead_letter
-from curaway.tasks.base import Result, TaskContext
+from curaway.tasks.base import Result, TaskContext, llm_gateway
 from curaway.tasks.fhir_mapping import FHIR_VERSION, MappedResource, patient_reference, validate_resources
+from curaway.values import parse_bool
 
 TASK = "fhir-sweep"
 ATTEMPT_BUDGET = 3
@@ -46,9 +47,6 @@ MAX_CONCURRENCY = 32
 LEASE_S = 900.0  # longer than the task deadline (600 s): a crashed sweep frees its documents after this
 FANOUT_MIN_CASES = 2
 FANOUT_MIN_CANDIDATES = 20
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 
 
 @dataclass(frozen=True)
@@ -65,13 +63,12 @@ def _flag(payload: dict[str, Any], key: str, default: bool | None) -> bool | Non
     value = payload.get(key)
     if value is None:
         return default
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise ValidationFailed(f"'{key}' must be a boolean", code="invalid_payload")
+    if isinstance(value, str) and not value.strip():
+        return default
+    parsed = parse_bool(value)
+    if parsed is None:
+        raise ValidationFailed(f"'{key}' must be a boolean", code="invalid_payload")
+    return parsed
 
 
 def _bounded_int(payload: dict[str, Any], key: str, default: int, high: int) -> int:
@@ -262,13 +259,6 @@ class _Sweeper:
         }
 
 
-def _gateway(ctx: TaskContext) -> LlmGateway:
-    gateway = ctx.integrations.llm
-    if gateway is None:
-        raise PermanentError("no LLM gateway is configured", code="llm_not_configured")
-    return gateway
-
-
 def _run_digest(run_key: str) -> str:
     return hashlib.sha256(run_key.encode()).hexdigest()[:16]
 
@@ -306,7 +296,7 @@ def sweep(ctx: TaskContext, payload: dict[str, Any]) -> Result:
         ]
         return Result(_summary([], dry_run=True, candidate_count=len(listed), candidates=listed))
 
-    gateway = _gateway(ctx)
+    gateway = llm_gateway(ctx)
     if opts.case_id is None and opts.document_id is None and opts.fan_out is not False:
         with ctx.transaction() as session:
             cases = repo.candidate_case_ids(session, now=now, limit=opts.limit, attempt_budget=budget)
