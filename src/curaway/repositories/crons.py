@@ -157,6 +157,36 @@ class OutboxItem:
     lease_expires_at: datetime
 
 
+def cancel_stale_reminders(session: Session, *, now: datetime) -> int:
+    """Cancel unsent intake reminders whose case is no longer stuck in the same episode (it left intake, or the
+    patient wrote again) — a reminder waiting for a retry must not reach a patient who has since replied."""
+    pending = session.scalars(
+        select(EmailOutbox).where(
+            EmailOutbox.template == "intake_reminder",
+            EmailOutbox.status == "pending",
+            or_(EmailOutbox.lease_expires_at.is_(None), EmailOutbox.lease_expires_at <= now),
+        )
+    ).all()
+    cancelled = 0
+    for row in pending:
+        # Key: intake-reminder:{case_id}:{episode}:{window} (episode = last patient message, epoch seconds).
+        parts = row.dedup_key.split(":")
+        if len(parts) != 4:
+            continue
+        case = session.get(Case, parts[1])
+        episode = int(case.last_message_at.timestamp()) if case and case.last_message_at else None
+        if case is not None and case.status == "intake" and str(episode) == parts[2]:
+            continue
+        result = session.execute(
+            update(EmailOutbox)
+            .where(EmailOutbox.id == row.id, EmailOutbox.status == "pending")
+            .values(status="cancelled", last_error="case_no_longer_stuck", updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        cancelled += rowcount(result)
+    return cancelled
+
+
 def claim_due_emails(
     session: Session,
     *,

@@ -138,9 +138,12 @@ def intake_reminders(ctx: TaskContext, payload: dict[str, Any]) -> Result:
                 counts["examined"] += 1
                 counts[_plan_reminder(ctx, session, case, now)] += 1
             after_id = cases[-1].id
+    with ctx.transaction() as session:
+        cancelled = repo.cancel_stale_reminders(session, now=now)
     delivery = deliver_due(ctx, templates=("intake_reminder",))
     summary = {
         "reminders_sent": delivery.sent,
+        "reminders_cancelled": cancelled,
         "reminders_queued": counts["queued"],
         "stuck_cases": counts["examined"],
         "skipped_already_queued": counts["already_queued"],

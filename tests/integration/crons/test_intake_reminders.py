@@ -224,3 +224,27 @@ def test_real_smtp_failures_back_off_and_delivered_mail_is_never_resent(ctx_for,
         assert second.data["reminders_sent"] == 1
         delivered = [r.rcpt_tos[0] for r in sink.received]
     assert sorted(delivered) == ["case_busy@patients.example", "case_ok@patients.example"]
+
+
+def test_a_reminder_waiting_for_a_retry_is_cancelled_once_the_patient_replies(ctx_for, session_factory, clock):
+    _tenant(session_factory)
+    for cid in ("case_replies", "case_leaves", "case_still_stuck"):
+        _case(session_factory, cid, last_message_ago=timedelta(hours=30))
+    backend = FakeEmailBackend(
+        fail_for={
+            f"{cid}@patients.example": EmailTemporaryError("SMTP 451", code="smtp_451")
+            for cid in ("case_replies", "case_leaves", "case_still_stuck")
+        }
+    )
+    assert intake_reminders(ctx_for("intake-reminders", email=backend), {}).data["delivery_retry_scheduled"] == 3
+    with transaction(session_factory) as s:
+        s.get(Case, "case_replies").last_message_at = NOW + timedelta(seconds=30)  # the patient wrote again
+        s.get(Case, "case_leaves").status = "documents_pending"
+    backend.fail_for.clear()
+    clock.advance(seconds=61)
+    result = intake_reminders(ctx_for("intake-reminders", email=backend), {})
+    assert result.data["reminders_cancelled"] == 2
+    assert backend.recipients() == ["case_still_stuck@patients.example"]
+    with transaction(session_factory) as s:
+        states = {r.to_address.split("@")[0]: r.status for r in s.scalars(select(EmailOutbox))}
+    assert states == {"case_replies": "cancelled", "case_leaves": "cancelled", "case_still_stuck": "sent"}
