@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from curaway.api.app import create_app
 from curaway.api.bootstrap import build_services
-from curaway.db import transaction, upgrade
+from curaway.db import transaction
 from curaway.dispatch.runner import RunnerConfig
 from curaway.models import QueuedTask, RunLedger
 from curaway.schedules import all_tasks
@@ -31,9 +31,8 @@ def wait_for(predicate, timeout_s=30.0):
     return False
 
 
-def test_killed_worker_task_is_redelivered_and_runs_once(make_settings, tmp_path):
-    db_url = f"sqlite:///{tmp_path / 'crash.db'}"
-    upgrade(db_url)
+def test_killed_worker_task_is_redelivered_and_runs_once(make_settings, database_url, tmp_path):
+    db_url = database_url
     settings = make_settings(database_url=db_url, internal_secret=SECRET)
     handlers = CountingHandlers()
     handlers.release.clear()
@@ -77,10 +76,9 @@ def test_killed_worker_task_is_redelivered_and_runs_once(make_settings, tmp_path
     services.engine.dispose()
 
 
-def test_killed_worker_with_in_flight_handler_is_taken_over_after_the_lease(make_settings, tmp_path):
+def test_killed_worker_with_in_flight_handler_is_taken_over_after_the_lease(make_settings, database_url, tmp_path):
     """The handler's own process dies too (in-process delivery): the ledger lease lapses and a new run takes over."""
-    db_url = f"sqlite:///{tmp_path / 'crash2.db'}"
-    upgrade(db_url)
+    db_url = database_url
     settings = make_settings(database_url=db_url, internal_secret=SECRET)
     handlers = CountingHandlers()
     services = build_services(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
@@ -19,6 +20,7 @@ from curaway.integrations import Integrations
 from curaway.integrations.llm import build_llm_gateway
 from curaway.integrations.storage import InMemoryStorage
 from curaway.models import Case, Document, FhirResource, QueuedTask, RunLedger, TenantOrgMapping
+from tests.support.documents_anthropic import API_KEY, FakeAnthropic
 from tests.support.documents_world import SAMPLE_NOTE, TENANT, make_text_pdf, seed_case, seed_tenants
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -37,8 +39,21 @@ def drain(app, services):
     return asyncio.run(go())
 
 
-def test_documents_flow_through_the_local_dispatcher(make_settings, database_url):
-    settings = make_settings(database_url=database_url)
+@pytest.fixture(params=["local", "anthropic"])
+def llm_settings(request):
+    """The embedded local extractor, or the anthropic provider against the fake Anthropic server."""
+    if request.param == "local":
+        yield {}
+        return
+    server = FakeAnthropic().start()
+    try:
+        yield {"llm_provider": "anthropic", "anthropic_api_key": API_KEY, "anthropic_base_url": server.base_url}
+    finally:
+        server.stop()
+
+
+def test_documents_flow_through_the_local_dispatcher(make_settings, database_url, llm_settings):
+    settings = make_settings(database_url=database_url, **llm_settings)
     services = Services.build(
         settings,
         clock=FrozenClock(T0),
@@ -73,10 +88,9 @@ def test_documents_flow_through_the_local_dispatcher(make_settings, database_url
         with transaction(sf) as s:
             assert s.get(Document, document_id).status == "extracted"
             assert s.get(Case, "case_e2e").status == "extraction_complete"
-            assert (
-                s.scalars(select(RunLedger.status).where(RunLedger.run_key == f"extract:{document_id}")).one()
-                == "succeeded"
-            )
+            run = s.scalars(select(RunLedger).where(RunLedger.run_key == f"extract:{document_id}")).one()
+            assert run.status == "succeeded"
+            assert run.result["provider"] == settings.llm_provider
 
         sweep = client.post(
             "/api/v1/internal/fhir/sweep?case_id=case_e2e", headers={"X-Internal-Secret": settings.internal_secrets[0]}
