@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,7 +36,7 @@ from starlette.exceptions import HTTPException
 
 from curaway.clock import Clock
 from curaway.db import SessionFactory, transaction
-from curaway.errors import AuthenticationError, ConfigurationError, NotFoundError, RetryableError
+from curaway.errors import AuthenticationError, ConfigurationError, RetryableError
 from curaway.integrations.jwks import KeySetCache, KeysUnavailable, parse_key_document
 from curaway.logging import get_logger
 from curaway.repositories.identity import RoleGrant, active_roles, ensure_auto_role, tenant_for_org
@@ -443,56 +443,3 @@ def mint_dev_token(
     elif claims_version == 2:
         claims["v"] = 2
     return jwt.encode(claims, key.private_pem, algorithm="RS256", headers={"kid": key.kid})
-
-
-# -- operator actions (``curaway roles ...``) -------------------------------------------------------------------
-
-
-def _with_session(settings: Settings, work: Callable[[Any], Any]) -> Any:
-    from curaway.db import create_db_engine, create_session_factory
-
-    engine = create_db_engine(settings.resolved_database_url)
-    try:
-        with transaction(create_session_factory(engine)) as session:
-            return work(session)
-    finally:
-        engine.dispose()
-
-
-def admin_list_roles(settings: Settings, *, user_id: str | None, tenant_id: str | None) -> list[dict[str, Any]]:
-    from curaway.repositories.identity import list_roles, role_as_dict
-
-    return _with_session(
-        settings, lambda s: [role_as_dict(r) for r in list_roles(s, user_id=user_id, tenant_id=tenant_id)]
-    )
-
-
-def admin_revoke_roles(
-    settings: Settings, *, user_id: str, tenant_id: str, role: str | None, revoked_by: str, now: datetime
-) -> list[dict[str, Any]]:
-    """Sticky revoke: the JWT path and membership webhooks never re-activate these rows."""
-    from curaway.models import Tenant
-    from curaway.repositories.identity import revoke_roles, role_as_dict
-
-    def work(session: Any) -> list[dict[str, Any]]:
-        if session.get(Tenant, tenant_id) is None:
-            raise NotFoundError(f"no tenant {tenant_id}")
-        rows = revoke_roles(session, user_id=user_id, tenant_id=tenant_id, role=role, revoked_by=revoked_by, now=now)
-        return [role_as_dict(r) for r in rows]
-
-    rows: list[dict[str, Any]] = _with_session(settings, work)
-    log.info("roles.revoked", user_id=user_id, tenant_id=tenant_id, count=len(rows))
-    return rows
-
-
-def admin_restore_roles(
-    settings: Settings, *, user_id: str, tenant_id: str, role: str | None, now: datetime
-) -> list[dict[str, Any]]:
-    from curaway.repositories.identity import restore_roles, role_as_dict
-
-    rows: list[dict[str, Any]] = _with_session(
-        settings,
-        lambda s: [role_as_dict(r) for r in restore_roles(s, user_id=user_id, tenant_id=tenant_id, role=role, now=now)],
-    )
-    log.info("roles.restored", user_id=user_id, tenant_id=tenant_id, count=len(rows))
-    return rows

@@ -424,9 +424,9 @@ def roles_list(
     as_json: JsonFlag = False,
 ) -> None:
     """Role rows (auto and manual) with their state."""
-    from curaway.api.identity import admin_list_roles
+    from curaway.cli.roles import list_role_rows
 
-    rows = admin_list_roles(_settings(), user_id=user, tenant_id=tenant)
+    rows = list_role_rows(_settings(), user_id=user, tenant_id=tenant)
     _emit(rows, as_json, _render_roles)
 
 
@@ -439,12 +439,12 @@ def roles_revoke(
     as_json: JsonFlag = False,
 ) -> None:
     """Sticky revoke: sign-ins and membership webhooks will not re-activate these rows."""
-    from curaway.api.identity import admin_revoke_roles
+    from curaway.cli.roles import revoke_role_rows
     from curaway.clock import SystemClock
     from curaway.errors import NotFoundError
 
     try:
-        rows = admin_revoke_roles(
+        rows = revoke_role_rows(
             _settings(), user_id=user_id, tenant_id=tenant, role=role, revoked_by=by, now=SystemClock().now()
         )
     except NotFoundError as exc:
@@ -460,10 +460,10 @@ def roles_restore(
     as_json: JsonFlag = False,
 ) -> None:
     """Lift a revoke: manual rows become active; the auto row waits for a fresh membership (sign-in/webhook)."""
-    from curaway.api.identity import admin_restore_roles
+    from curaway.cli.roles import restore_role_rows
     from curaway.clock import SystemClock
 
-    rows = admin_restore_roles(_settings(), user_id=user_id, tenant_id=tenant, role=role, now=SystemClock().now())
+    rows = restore_role_rows(_settings(), user_id=user_id, tenant_id=tenant, role=role, now=SystemClock().now())
     _emit(rows, as_json, _render_roles)
 
 
