@@ -22,6 +22,19 @@ pytestmark = pytest.mark.slow
 SECRET = "acceptance-internal-secret-0001"
 
 
+def worker_env(tmp_path, db_url, public_url, **extra):
+    """Environment for a `curaway worker --http` delivering to the test's server (data dir created)."""
+    (tmp_path / "data").mkdir(exist_ok=True)
+    return base_env(
+        tmp_path / "data",
+        DATABASE_URL=db_url,
+        CURAWAY_PUBLIC_URL=public_url,
+        INTERNAL_SECRET=SECRET,
+        CURAWAY_DISPATCH_POLL_S="0.1",
+        **extra,
+    )
+
+
 def wait_for(predicate, timeout_s=30.0):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -47,16 +60,7 @@ def test_killed_worker_task_is_redelivered_and_runs_once(make_settings, database
             return s.scalars(select(QueuedTask)).one()
 
     with serving_app(app) as url:
-        env = base_env(
-            tmp_path / "data",
-            DATABASE_URL=db_url,
-            CURAWAY_PUBLIC_URL=url,
-            INTERNAL_SECRET=SECRET,
-            CURAWAY_DISPATCH_LEASE_S="1",
-            CURAWAY_DISPATCH_POLL_S="0.1",
-            CURAWAY_LOG_FORMAT="json",
-        )
-        (tmp_path / "data").mkdir()
+        env = worker_env(tmp_path, db_url, url, CURAWAY_DISPATCH_LEASE_S="1", CURAWAY_LOG_FORMAT="json")
         with running(["worker", "--http", "--no-cron"], env=env, log_path=tmp_path / "w1.log") as first:
             assert handlers.started.wait(60), (tmp_path / "w1.log").read_text()
             os.killpg(first.pid, signal.SIGKILL)
@@ -102,16 +106,7 @@ def test_killed_worker_with_in_flight_handler_is_taken_over_after_the_lease(make
         )
     app = create_app(settings, services=services)
     with serving_app(app) as url:
-        env = base_env(
-            tmp_path / "data",
-            DATABASE_URL=db_url,
-            CURAWAY_PUBLIC_URL=url,
-            INTERNAL_SECRET=SECRET,
-            CURAWAY_DISPATCH_LEASE_S="1",
-            CURAWAY_DISPATCH_POLL_S="0.1",
-            CURAWAY_RETRY_BACKOFF_SCALE="0.01",
-        )
-        (tmp_path / "data").mkdir()
+        env = worker_env(tmp_path, db_url, url, CURAWAY_DISPATCH_LEASE_S="1", CURAWAY_RETRY_BACKOFF_SCALE="0.01")
         with running(["worker", "--http", "--no-cron"], env=env, log_path=tmp_path / "w.log"):
             assert wait_for(lambda: handlers.count() == 1, 60), (tmp_path / "w.log").read_text()
 
@@ -141,15 +136,7 @@ def test_two_worker_processes_share_the_queue_without_double_execution(make_sett
             return len(list(s.scalars(select(QueuedTask.id).where(QueuedTask.status == "done"))))
 
     with serving_app(app) as url:
-        env = base_env(
-            tmp_path / "data",
-            DATABASE_URL=database_url,
-            CURAWAY_PUBLIC_URL=url,
-            INTERNAL_SECRET=SECRET,
-            CURAWAY_DISPATCH_POLL_S="0.1",
-            CURAWAY_DISPATCH_CONCURRENCY="4",
-        )
-        (tmp_path / "data").mkdir()
+        env = worker_env(tmp_path, database_url, url, CURAWAY_DISPATCH_CONCURRENCY="4")
         with (
             running(["worker", "--http", "--no-cron"], env=env, log_path=tmp_path / "a.log"),
             running(["worker", "--http", "--no-cron"], env=env, log_path=tmp_path / "b.log"),

@@ -277,6 +277,19 @@ class LocalDispatcher:
         spec = get_task(item.task)
         bound = log.bind(task=item.task, queue_item=item.id, attempt=item.attempts, status_code=code)
         with transaction(self.session_factory) as session:
+
+            def settle(status: str, *, retry_at: datetime | None = None) -> None:
+                queue_repo.settle(
+                    session,
+                    item_id=item.id,
+                    worker=self.worker_id,
+                    now=now,
+                    status=status,
+                    last_status=code,
+                    last_error=result.error_class or f"http_{code}",
+                    retry_at=retry_at,
+                )
+
             if code is not None and 200 <= code < 300:
                 queue_repo.settle(
                     session, item_id=item.id, worker=self.worker_id, now=now, status="done", last_status=code
@@ -304,16 +317,7 @@ class LocalDispatcher:
                 policy = spec.retry if spec else None
                 backoff = (policy.delay_s(item.attempts - 1) if policy else 10.0) * self.config.backoff_scale
                 delay = max(backoff, (result.retry_after_s or 0.0) * self.config.backoff_scale)
-                queue_repo.settle(
-                    session,
-                    item_id=item.id,
-                    worker=self.worker_id,
-                    now=now,
-                    status="queued",
-                    last_status=code,
-                    last_error=result.error_class or f"http_{code}",
-                    retry_at=now + timedelta(seconds=delay),
-                )
+                settle("queued", retry_at=now + timedelta(seconds=delay))
                 bound.info("dispatch.retry_scheduled", delay_s=round(delay, 3))
                 return "queued"
             # Permanent (4xx other than 409/429, 489) or attempts spent: dead.
@@ -334,15 +338,7 @@ class LocalDispatcher:
                     error_class=result.error_class or f"http_{code}",
                     error_code=f"http_{code}" if code is not None else "transport",
                 )
-            queue_repo.settle(
-                session,
-                item_id=item.id,
-                worker=self.worker_id,
-                now=now,
-                status="dead",
-                last_status=code,
-                last_error=result.error_class or f"http_{code}",
-            )
+            settle("dead")
             bound.warning("dispatch.dead", final_attempt=item.attempts >= item.max_attempts)
             return "dead"
 
